@@ -1,0 +1,205 @@
+"""Job repository: SQL statements over ``jobs``, ``job_inputs`` and ``job_masks``.
+
+Statements are built here and executed by the caller's transaction (the gateway's async
+connection or a worker's sync connection); nothing in this module commits. Every read that
+comes from the API is scoped by tenant. Every status change goes through ``transition_stmt``:
+a compare-and-set UPDATE checked against the state machine in ``db.status``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, Update, and_, delete, insert, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from db.models import Job, JobInput, JobMask
+from db.status import JobStatus, check_transition
+
+JOB_COLUMNS = [c for c in Job.__table__.c]
+MASK_SUMMARY_COLUMNS = [
+    JobMask.index, JobMask.prompt, JobMask.label, JobMask.area_px, JobMask.bbox, JobMask.height, JobMask.width
+]
+
+
+class StaleTransition(Exception):
+    """The job was not in the expected state any more: someone else moved it first."""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    prompts: list[str]
+    options: dict[str, Any]
+    input_format: str
+    input_width: int
+    input_height: int
+    image: bytes
+    now: datetime
+
+
+def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
+    # dispatched_at is set optimistically: the gateway publishes right after the commit, and if
+    # that publish never happens the sweeper sees an old dispatched_at and publishes again.
+    job_row = insert(Job).values(
+        id=job.id,
+        tenant_id=job.tenant_id,
+        status=JobStatus.queued.value,
+        prompts=job.prompts,
+        options=job.options,
+        input_format=job.input_format,
+        input_width=job.input_width,
+        input_height=job.input_height,
+        input_bytes=len(job.image),
+        created_at=job.now,
+        updated_at=job.now,
+        dispatched_at=job.now,
+        attempts=0,
+    )
+    input_row = insert(JobInput).values(job_id=job.id, data=job.image)
+    return job_row, input_row
+
+
+def select_job(tenant_id: uuid.UUID, job_id: uuid.UUID) -> Select[Any]:
+    return select(*JOB_COLUMNS).where(Job.id == job_id, Job.tenant_id == tenant_id)
+
+
+def select_job_any_tenant(job_id: uuid.UUID) -> Select[Any]:
+    """For workers, which act on ids the system itself handed them."""
+    return select(*JOB_COLUMNS).where(Job.id == job_id)
+
+
+def select_mask_summaries(job_id: uuid.UUID) -> Select[Any]:
+    return select(*MASK_SUMMARY_COLUMNS).where(JobMask.job_id == job_id).order_by(JobMask.index)
+
+
+def select_mask_data(job_id: uuid.UUID, index: int | None = None) -> Select[Any]:
+    stmt = select(JobMask.index, JobMask.height, JobMask.width, JobMask.encoding, JobMask.data).where(
+        JobMask.job_id == job_id
+    )
+    if index is not None:
+        stmt = stmt.where(JobMask.index == index)
+    return stmt.order_by(JobMask.index)
+
+
+def select_input(job_id: uuid.UUID) -> Select[Any]:
+    return select(JobInput.data).where(JobInput.job_id == job_id)
+
+
+def list_jobs_stmt(
+    tenant_id: uuid.UUID,
+    *,
+    status: JobStatus | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> Select[Any]:
+    """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
+    stmt = select(*JOB_COLUMNS).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        stmt = stmt.where(Job.status == status.value)
+    if after is not None:
+        created_at, job_id = after
+        stmt = stmt.where(
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+        )
+    return stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+
+
+def transition_stmt(
+    job_id: uuid.UUID,
+    expected: JobStatus,
+    target: JobStatus,
+    *,
+    now: datetime,
+    tenant_id: uuid.UUID | None = None,
+    attempt: int | None = None,
+    **values: Any,
+) -> Update:
+    """``UPDATE jobs SET status=target ... WHERE id=? AND status=expected`` (plus guards).
+
+    ``attempt`` pins the update to one claim, so a worker whose lease was taken away cannot
+    finish the job that a later attempt now owns.
+    """
+    check_transition(expected, target)
+    conditions = [Job.id == job_id, Job.status == expected.value]
+    if tenant_id is not None:
+        conditions.append(Job.tenant_id == tenant_id)
+    if attempt is not None:
+        conditions.append(Job.attempts == attempt)
+    return update(Job).where(*conditions).values(status=target.value, updated_at=now, **values)
+
+
+async def transition(conn: AsyncConnection, stmt: Update) -> None:
+    result = await conn.execute(stmt)
+    if result.rowcount != 1:
+        raise StaleTransition()
+
+
+def transition_sync(conn: Connection, stmt: Update) -> None:
+    result = conn.execute(stmt)
+    if result.rowcount != 1:
+        raise StaleTransition()
+
+
+def claim_stmt(job_id: uuid.UUID, *, now: datetime, lease_until: datetime) -> Update:
+    """queued -> running, counting the attempt; RETURNING the new attempt number."""
+    return transition_stmt(
+        job_id,
+        JobStatus.queued,
+        JobStatus.running,
+        now=now,
+        started_at=now,
+        lease_expires_at=lease_until,
+        attempts=Job.attempts + 1,
+    ).returning(Job.attempts)
+
+
+def extend_lease_stmt(job_id: uuid.UUID, attempt: int, *, lease_until: datetime) -> Update:
+    return (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == attempt)
+        .values(lease_expires_at=lease_until)
+    )
+
+
+def insert_masks_stmt(rows: list[dict[str, Any]]) -> Any:
+    return insert(JobMask).values(rows)
+
+
+def delete_masks_stmt(job_id: uuid.UUID) -> Any:
+    return delete(JobMask).where(JobMask.job_id == job_id)
+
+
+def stale_queued_stmt(*, dispatched_before: datetime, limit: int) -> Select[Any]:
+    return (
+        select(Job.id, Job.attempts, Job.dispatched_at)
+        .where(
+            Job.status == JobStatus.queued.value,
+            or_(Job.dispatched_at.is_(None), Job.dispatched_at < dispatched_before),
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+
+
+def expired_leases_stmt(*, now: datetime, limit: int) -> Select[Any]:
+    return (
+        select(Job.id, Job.attempts)
+        .where(Job.status == JobStatus.running.value, Job.lease_expires_at < now)
+        .limit(limit)
+    )
+
+
+def mark_dispatched_stmt(job_id: uuid.UUID, *, previous: datetime | None, now: datetime) -> Update:
+    """Compare-and-set on dispatched_at, so two sweepers never publish the same stale job twice."""
+    guard = Job.dispatched_at.is_(None) if previous is None else Job.dispatched_at == previous
+    return (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued.value, guard)
+        .values(dispatched_at=now)
+    )

@@ -1,0 +1,76 @@
+"""Tenants and API keys. Keys look like ``mpk_<public id>_<secret>``; only a hash of the secret is kept."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, insert, select
+
+from db.models import ApiKey, Tenant
+
+KEY_PREFIX = "mpk_"
+DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key_id: str
+    plaintext: str
+
+
+@dataclass(frozen=True)
+class ParsedKey:
+    key_id: str
+    secret: str
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_api_key() -> tuple[IssuedKey, str]:
+    """A fresh key and the hash to store. Hex keeps ``_`` as an unambiguous separator."""
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_hex(24)  # 192 bits
+    return IssuedKey(key_id=key_id, plaintext=f"{KEY_PREFIX}{key_id}_{secret}"), hash_secret(secret)
+
+
+def parse_api_key(value: str) -> ParsedKey | None:
+    if not value.startswith(KEY_PREFIX):
+        return None
+    key_id, sep, secret = value[len(KEY_PREFIX):].partition("_")
+    if not sep or not key_id or not secret or len(key_id) > 32 or len(secret) > 128:
+        return None
+    return ParsedKey(key_id=key_id, secret=secret)
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def insert_tenant_stmt(tenant_id: uuid.UUID, name: str, now: datetime) -> Any:
+    return insert(Tenant).values(id=tenant_id, name=name, created_at=now)
+
+
+def insert_key_stmt(
+    issued: IssuedKey, secret_hash: str, tenant_id: uuid.UUID, scopes: list[str], now: datetime
+) -> Any:
+    return insert(ApiKey).values(
+        id=issued.key_id, tenant_id=tenant_id, secret_hash=secret_hash, scopes=scopes, created_at=now
+    )
+
+
+def select_key(key_id: str) -> Select[Any]:
+    return select(
+        ApiKey.tenant_id, ApiKey.secret_hash, ApiKey.scopes, ApiKey.expires_at, ApiKey.revoked_at
+    ).where(ApiKey.id == key_id)
+
+
+def select_tenant_by_name(name: str) -> Select[Any]:
+    return select(Tenant.id).where(Tenant.name == name)

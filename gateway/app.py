@@ -1,0 +1,55 @@
+"""The gateway's application factory. Resources live in cleanup contexts, one per resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from db.engine import make_async_engine
+from gateway.dispatch import JobPublisher
+from gateway.events import JobEventListener
+from gateway.keys import ENGINE, EVENTS, PUBLISHER, SETTINGS
+from gateway.middleware import auth_middleware, problems_middleware
+from gateway.routes import setup_routes
+from medparse.settings import Settings, masked_url
+
+log = logging.getLogger(__name__)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[ENGINE] = make_async_engine(settings)
+    log.info("database %s", masked_url(settings.async_database_url))
+    yield
+    await app[ENGINE].dispose()
+
+
+async def _publisher(app: web.Application) -> AsyncIterator[None]:
+    publisher = JobPublisher(app[SETTINGS])
+    publisher.start()
+    app[PUBLISHER] = publisher
+    yield
+    await publisher.close()
+
+
+async def _events(app: web.Application) -> AsyncIterator[None]:
+    events = JobEventListener(app[SETTINGS])
+    await events.start()
+    app[EVENTS] = events
+    yield
+    await events.close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    # client_max_size bounds every body aiohttp reads for us (JSON); multipart parts are
+    # counted by our own reader as they stream in.
+    app = web.Application(
+        client_max_size=settings.max_body_bytes + 64 * 1024,
+        middlewares=[problems_middleware, auth_middleware],
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.extend([_database, _publisher, _events])
+    setup_routes(app)
+    return app

@@ -1,0 +1,127 @@
+"""Thin HTTP handlers: parse, call one service function, serialise."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import orjson
+from aiohttp import web
+from pydantic import BaseModel
+
+from db.status import JobStatus, is_terminal
+from gateway import services
+from gateway.auth import principal
+from gateway.keys import ENGINE, EVENTS, PUBLISHER, SETTINGS
+from gateway.problems import field_error, not_found
+from gateway.schemas import HealthPublic, JobPublic, JobsPublic
+from gateway.submission import parse_submission
+from medparse import masks
+from medparse.settings import Settings
+
+
+def json_response(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(model.model_dump(mode="json")), status=status,
+        content_type="application/json", headers=headers,
+    )
+
+
+def requested_wait(request: web.Request, settings: Settings) -> float | None:
+    """Seconds from ``Prefer: wait=N`` (RFC 7240), capped by the max_wait_seconds setting."""
+    for header in request.headers.getall("Prefer", []):
+        for preference in header.split(","):
+            name, _, value = preference.strip().partition("=")
+            if name.strip().lower() == "wait":
+                try:
+                    seconds = float(value.strip().strip('"'))
+                except ValueError:
+                    raise field_error("Prefer", "wait must be a number of seconds", status=400) from None
+                return max(0.0, min(seconds, settings.max_wait_seconds))
+    return None
+
+
+def job_id_from(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["job_id"])
+    except ValueError:
+        raise not_found() from None
+
+
+async def _maybe_wait(request: web.Request, job: JobPublic, tenant_id: uuid.UUID) -> tuple[JobPublic, dict[str, str]]:
+    wait = requested_wait(request, request.app[SETTINGS])
+    if wait is None or is_terminal(job.status):
+        return job, {}
+    job = await services.wait_for_job(request.app[ENGINE], request.app[EVENTS], tenant_id, job.id, wait)
+    return job, {"Preference-Applied": f"wait={wait:g}"}
+
+
+async def create_job(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:write")
+    settings = request.app[SETTINGS]
+    submission = await parse_submission(request, settings)
+    job = await services.submit_job(request.app[ENGINE], request.app[PUBLISHER], settings, who.tenant_id, submission)
+    job, headers = await _maybe_wait(request, job, who.tenant_id)
+    return json_response(job, status=202, headers={"Location": job.urls.get, **headers})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:read")
+    job = await services.get_job(request.app[ENGINE], who.tenant_id, job_id_from(request))
+    job, headers = await _maybe_wait(request, job, who.tenant_id)
+    return json_response(job, headers=headers)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:read")
+    settings = request.app[SETTINGS]
+    query = request.query
+    status = None
+    if query.get("status"):
+        try:
+            status = JobStatus(query["status"])
+        except ValueError:
+            raise field_error("status", f"one of {', '.join(s.value for s in JobStatus)}", status=400) from None
+    try:
+        limit = int(query.get("limit", settings.default_page_size))
+    except ValueError:
+        raise field_error("limit", "must be an integer", status=400) from None
+    if not 1 <= limit <= settings.max_page_size:
+        raise field_error("limit", f"must be between 1 and {settings.max_page_size}", status=400)
+    jobs, cursor = await services.list_jobs(
+        request.app[ENGINE], who.tenant_id, status=status, limit=limit, cursor=query.get("cursor")
+    )
+    return json_response(JobsPublic(data=jobs, next_cursor=cursor))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:write")
+    job = await services.cancel_job(request.app[ENGINE], who.tenant_id, job_id_from(request))
+    await request.app[EVENTS].announce(str(job.id))
+    return json_response(job)
+
+
+async def get_mask_png(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:read")
+    try:
+        index = int(request.match_info["index"])
+    except ValueError:
+        raise not_found("mask") from None
+    (mask,) = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), index)
+    return web.Response(body=masks.mask_png(mask), content_type="image/png")
+
+
+async def get_masks_npz(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:read")
+    all_masks = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), None)
+    return web.Response(body=masks.masks_npz(np.stack(all_masks)), content_type="application/octet-stream")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(HealthPublic(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await services.readiness(request.app[ENGINE], request.app[PUBLISHER])
+    ready = all(v == "ok" for v in checks.values())
+    return json_response(HealthPublic(status="ok" if ready else "unavailable", checks=checks), 200 if ready else 503)

@@ -1,0 +1,50 @@
+"""Authentication and the single error envelope (problem+json) for every response."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.auth import PRINCIPAL, authenticate
+from gateway.keys import ENGINE
+from gateway.problems import ApiProblem, problem_response
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiProblem as problem:
+        return problem_response(problem, request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, f"http_{exc.status}")
+        detail = exc.reason if exc.status != 413 else f"request body larger than {request.app._client_max_size} bytes"
+        return problem_response(ApiProblem(exc.status, code, detail), request.path)
+    except Exception:
+        # Never echo internals (or request bytes) to the client; the id ties the log line to the reply.
+        error_id = uuid.uuid4().hex[:12]
+        log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
+        problem = ApiProblem(500, "internal_error", f"internal error (reference {error_id})")
+        return problem_response(problem, request.path)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/"):
+        request[PRINCIPAL] = await authenticate(request.app[ENGINE], request.headers.get("Authorization"))
+    return await handler(request)

@@ -1,0 +1,118 @@
+"""OpenAPI 3.1 document, generated from the same pydantic schemas the handlers use."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic.json_schema import models_json_schema
+
+import medparse
+from gateway.schemas import HealthPublic, JobCreateJson, JobOptions, JobPublic, JobsPublic, ProblemPublic
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": _ref(name)}}}
+
+
+PROBLEM = {"content": {"application/problem+json": {"schema": _ref("ProblemPublic")}}}
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+PREFER = {
+    "name": "Prefer", "in": "header", "required": False, "schema": {"type": "string", "example": "wait=10"},
+    "description": "wait=N (N <= max_wait_seconds) holds the answer until the job is terminal or N seconds pass",
+}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "problem", **PROBLEM} for c in codes}
+
+
+@cache
+def build_document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in (JobCreateJson, JobOptions, JobPublic, JobsPublic, ProblemPublic, HealthPublic)],
+        ref_template=REF,
+    )
+    multipart = {
+        "type": "object",
+        "required": ["image", "prompts"],
+        "properties": {
+            "image": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "prompts": {"type": "string", "example": "liver & kidney"},
+            "options": {"type": "string", "description": "JSON of JobOptions"},
+        },
+    }
+    auth_errors = _errors(401, 403)
+    paths: dict[str, Any] = {
+        "/v1/jobs": {
+            "post": {
+                "operationId": "createJob",
+                "parameters": [PREFER],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": multipart},
+                        "application/json": {"schema": _ref("JobCreateJson")},
+                    },
+                },
+                "responses": {"202": {"description": "accepted", **_json("JobPublic")},
+                              **_errors(400, 413, 415, 422), **auth_errors},
+            },
+            "get": {
+                "operationId": "listJobs",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {"200": {"description": "jobs, newest first", **_json("JobsPublic")},
+                              **_errors(400), **auth_errors},
+            },
+        },
+        "/v1/jobs/{job_id}": {"get": {
+            "operationId": "getJob", "parameters": [JOB_ID, PREFER],
+            "responses": {"200": {"description": "the job", **_json("JobPublic")}, **_errors(404), **auth_errors},
+        }},
+        "/v1/jobs/{job_id}/cancel": {"post": {
+            "operationId": "cancelJob", "parameters": [JOB_ID],
+            "responses": {"200": {"description": "canceled", **_json("JobPublic")}, **_errors(404, 409), **auth_errors},
+        }},
+        "/v1/jobs/{job_id}/masks/{index}": {"get": {
+            "operationId": "getMaskPng",
+            "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "0/255 PNG at the original size",
+                                  "content": {"image/png": {}}}, **_errors(404, 409), **auth_errors},
+        }},
+        "/v1/jobs/{job_id}/masks.npz": {"get": {
+            "operationId": "getMasksNpz", "parameters": [JOB_ID],
+            "responses": {"200": {"description": "uint8 array 'masks' (N, H, W) with 0/1 values",
+                                  "content": {"application/octet-stream": {}}}, **_errors(404, 409), **auth_errors},
+        }},
+        "/healthz": {"get": {"operationId": "healthz", "security": [],
+                             "responses": {"200": {"description": "alive", **_json("HealthPublic")}}}},
+        "/readyz": {"get": {"operationId": "readyz", "security": [],
+                            "responses": {"200": {"description": "ready", **_json("HealthPublic")},
+                                          "503": {"description": "not ready", **_json("HealthPublic")}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "medparse-gateway", "version": medparse.__version__},
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"apiKey": []}],
+        "paths": paths,
+    }
+
+
+async def serve(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(build_document()), content_type="application/json")

@@ -1,0 +1,155 @@
+"""Turning a ``POST /v1/jobs`` body (multipart or JSON) into a validated submission.
+
+Every limit is a named setting; every rejection names the field and says why.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+
+import orjson
+import pybase64
+from aiohttp import BodyPartReader, web
+from pydantic import ValidationError
+
+from gateway.problems import ApiProblem, field_error
+from gateway.schemas import JobCreateJson, JobOptions
+from medparse.settings import Settings
+
+#: A job form has three fields; anything far beyond that is abuse of the multipart parser.
+MAX_MULTIPART_PARTS = 8
+
+
+@dataclass(frozen=True)
+class JobSubmission:
+    image: bytes
+    prompts: list[str]
+    options: JobOptions
+
+
+def parse_prompts(value: str | list[str], settings: Settings) -> list[str]:
+    """``"liver & kidney"`` or ``["liver", "kidney"]`` -> ``["liver", "kidney"]``.
+
+    The model splits its text column on ``&``, so a prompt in list form may not contain one.
+    """
+    if isinstance(value, str):
+        prompts = [p.strip() for p in value.split("&")]
+    else:
+        for p in value:
+            if "&" in p:
+                raise field_error("prompts", "a prompt in list form must not contain '&'")
+        prompts = [p.strip() for p in value]
+    if not prompts or any(not p for p in prompts):
+        raise field_error("prompts", "every prompt must be non-empty (separate prompts with '&')")
+    if len(prompts) > settings.max_prompts:
+        raise field_error("prompts", f"at most {settings.max_prompts} prompts per job")
+    if any(len(p) > settings.max_prompt_chars for p in prompts):
+        raise field_error("prompts", f"each prompt must be at most {settings.max_prompt_chars} characters")
+    return prompts
+
+
+def parse_options(raw: str | bytes | None, settings: Settings) -> JobOptions:
+    if raw is None or raw == "" or raw == b"":
+        return JobOptions()
+    if len(raw) > settings.max_options_chars:
+        raise field_error("options", f"at most {settings.max_options_chars} characters")
+    try:
+        return JobOptions.model_validate_json(raw)
+    except ValidationError as exc:
+        raise validation_problem(exc, prefix="options") from None
+
+
+def validation_problem(exc: ValidationError, prefix: str = "") -> ApiProblem:
+    fields = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        name = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "body")
+        fields.append({"field": name, "message": err["msg"]})
+    detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return ApiProblem(422, "invalid_request", detail, fields=fields)
+
+
+async def parse_json_submission(request: web.Request, settings: Settings) -> JobSubmission:
+    body = await request.read()
+    try:
+        parsed = JobCreateJson.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    image = decode_base64_image(parsed.image_base64)
+    return JobSubmission(image=image, prompts=parse_prompts(parsed.prompts, settings), options=parsed.options)
+
+
+def decode_base64_image(text: str) -> bytes:
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    try:
+        # Tolerate MIME-style line breaks (base64.encodebytes), as the model's own samples send.
+        return pybase64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise field_error("image_base64", "not valid base64") from None
+
+
+async def _read_part(part: BodyPartReader, limit: int, field: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiProblem(413, "payload_too_large", f"{field}: larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_multipart_submission(request: web.Request, settings: Settings) -> JobSubmission:
+    try:
+        reader = await request.multipart()
+    except (ValueError, AssertionError) as exc:
+        raise ApiProblem(400, "malformed_multipart", f"multipart body could not be read: {exc}") from None
+    image: bytes | None = None
+    prompts: str | None = None
+    options: bytes | None = None
+    for _ in range(MAX_MULTIPART_PARTS):
+        part = await reader.next()
+        if part is None:
+            break
+        if not isinstance(part, BodyPartReader):
+            raise ApiProblem(400, "malformed_multipart", "nested multipart bodies are not accepted")
+        if part.name == "image":
+            image = await _read_part(part, settings.max_body_bytes, "image")
+        elif part.name == "prompts":
+            raw = await _read_part(part, settings.max_prompts * (settings.max_prompt_chars + 3), "prompts")
+            prompts = raw.decode("utf-8", errors="strict")
+        elif part.name == "options":
+            options = await _read_part(part, settings.max_options_chars, "options")
+        else:
+            raise field_error(str(part.name), "unknown form field (expected image, prompts, options)", status=400)
+    else:
+        raise ApiProblem(400, "malformed_multipart", f"more than {MAX_MULTIPART_PARTS} form fields")
+    if image is None or not image:
+        raise field_error("image", "required: the image file", code="missing_field")
+    if prompts is None:
+        raise field_error("prompts", "required: '&'-separated prompts", code="missing_field")
+    return JobSubmission(image=image, prompts=parse_prompts(prompts, settings), options=parse_options(options, settings))
+
+
+async def parse_submission(request: web.Request, settings: Settings) -> JobSubmission:
+    content_type = request.content_type
+    try:
+        if content_type == "application/json":
+            return await parse_json_submission(request, settings)
+        if content_type == "multipart/form-data":
+            return await parse_multipart_submission(request, settings)
+    except UnicodeDecodeError:
+        raise field_error("prompts", "must be UTF-8 text", status=400) from None
+    raise ApiProblem(
+        415,
+        "unsupported_media_type",
+        "send multipart/form-data (image, prompts, options) or application/json",
+    )
+
+
+def dumps(obj: object) -> bytes:
+    return orjson.dumps(obj)

@@ -1,0 +1,72 @@
+"""Celery configuration shared by the gateway (which only publishes) and the workers.
+
+The broker is a delivery hint, never the record: Postgres holds every job, and a sweeper
+re-publishes jobs the broker lost. Messages carry the job id only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from medparse.settings import Settings
+
+SEGMENT_TASK = "segmentation.run"
+SEGMENT_QUEUE = "segmentation"
+
+
+def embedded_queue_dir(settings: Settings) -> Path:
+    return (settings.data_dir / "queue").resolve()
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "task_default_queue": SEGMENT_QUEUE,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Postgres is the only truth about a job; Celery's result backend is never consulted.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Acknowledge after the task returns, and requeue when the worker process dies, so a
+        # kill -9 mid-call re-runs the job (the compare-and-set claim makes a re-run harmless).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+    }
+    if settings.redis_url is None:
+        queue_dir = embedded_queue_dir(settings)
+        (queue_dir / "processed").mkdir(parents=True, exist_ok=True)
+        common.update(
+            broker_url="filesystem://",
+            broker_transport_options={
+                "data_folder_in": str(queue_dir),
+                "data_folder_out": str(queue_dir),
+                "processed_folder": str(queue_dir / "processed"),
+                "store_processed": False,
+                # The filesystem transport polls; 50 ms keeps the embedded queue hop short.
+                "polling_interval": 0.05,
+            },
+        )
+        return common
+    transport_options = {
+        # Must exceed the longest task, or Redis hands the same message to a second worker.
+        "visibility_timeout": settings.broker_visibility_timeout_s,
+        "global_keyprefix": f"{settings.redis_namespace}:",
+    }
+    common.update(broker_url=settings.redis_url, broker_transport_options=transport_options)
+    return common
+
+
+def make_publisher_app(settings: Settings) -> Celery:
+    """A Celery app that only publishes ``segmentation.run`` by name (the gateway's side)."""
+    app = Celery("medparse-gateway", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,169 @@
+"""All configuration, in one pydantic-settings object built once at start-up and passed in.
+
+Every limit the service enforces is a named field here, with the reason beside it.
+Nothing in this module reads the environment at import time: call ``Settings()`` once in an
+entry point (CLI, Celery app factory, Alembic env) and hand the object down.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EndpointAuthMode(StrEnum):
+    #: static endpoint key, sent as a bearer token
+    key = "key"
+    #: Azure ML token (from the endpoint's ``token`` action), sent as a bearer token
+    aml_token = "aml_token"
+    #: Entra ID token through azure-identity (DefaultAzureCredential)
+    aad_token = "aad_token"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDPARSE_", extra="ignore", frozen=True)
+
+    # --- process and storage -------------------------------------------------------------
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: ``postgresql+asyncpg://...`` in production; unset means the embedded SQLite file.
+    database_url: str | None = None
+    #: ``redis://...`` in production; unset means the embedded local queue.
+    redis_url: str | None = None
+    #: prefix of every Redis key we or Celery write, so several deployments (or tests) share a server.
+    redis_namespace: str = "medparse"
+    log_level: str = "INFO"
+
+    # --- request limits ---------------------------------------------------------------------
+    #: Largest request body; uploads above it get 413 before anything is decoded.
+    max_body_bytes: int = 32 * 1024 * 1024
+    #: Largest decoded image (width x height x frames). Pillow only warns at 89 M px; we refuse earlier
+    #: because the worker holds several float copies of the image while preprocessing.
+    max_image_pixels: int = 40_000_000
+    #: Prompts per job: each prompt is one mask of 1024x1024 bytes on the wire and in memory.
+    max_prompts: int = 16
+    #: Characters per prompt; the model's prompts are short phrases.
+    max_prompt_chars: int = 200
+    #: Size of the optional ``options`` JSON object, in characters.
+    max_options_chars: int = 4096
+    #: Rows per page on list endpoints.
+    max_page_size: int = 100
+    default_page_size: int = 20
+    #: Longest ``Prefer: wait=N`` we honour, in seconds.
+    max_wait_seconds: float = 60.0
+
+    # --- model endpoint (client side) --------------------------------------------------------
+    endpoint_scoring_uri: str | None = None
+    endpoint_auth_mode: EndpointAuthMode = EndpointAuthMode.key
+    endpoint_key: SecretStr | None = None
+    endpoint_deployment: str | None = None
+    endpoint_aad_scope: str = "https://ml.azure.com/.default"
+    #: Refresh a cached token this many seconds before it expires.
+    endpoint_token_refresh_margin_s: float = 300.0
+    endpoint_connect_timeout_s: float = 10.0
+    #: Read timeout: the deployment's request_timeout_ms (90 s in the samples) plus a margin.
+    endpoint_read_timeout_s: float = 95.0
+    endpoint_max_attempts: int = 6
+    #: Total time one endpoint call may take across all its retries.
+    endpoint_max_total_s: float = 300.0
+    endpoint_backoff_min_s: float = 0.5
+    endpoint_backoff_max_s: float = 30.0
+    #: 424 answers are retried only when the model's inner status is 5xx, and at most this often.
+    endpoint_max_424_attempts: int = 2
+    #: max_concurrent_requests_per_instance x instance_count of the deployment: our global in-flight cap.
+    endpoint_max_concurrent_per_instance: int = 8
+    endpoint_instance_count: int = 1
+    #: Side of the square PNG the model accepts.
+    endpoint_image_size: int = 1024
+    #: zlib level of the PNG we send: level 1 costs a third of Pillow's default 6 for ~15 % more bytes.
+    endpoint_png_compress_level: int = 1
+
+    # --- workers and the job lifecycle ------------------------------------------------------
+    worker_concurrency: int = 8
+    #: Attempts per job before it ends ``failed`` with ``attempts_exhausted``.
+    job_max_attempts: int = 3
+    #: A running job whose lease passed without a heartbeat is taken back by the sweeper.
+    job_lease_s: float = 120.0
+    job_heartbeat_s: float = 15.0
+    task_soft_time_limit_s: float = 540.0
+    task_time_limit_s: float = 600.0
+    #: Redis redelivers unacked messages after this; it must exceed the task hard time limit.
+    broker_visibility_timeout_s: float = 3600.0
+    sweep_interval_s: float = 5.0
+    #: A queued job not claimed this long after it was dispatched is published again.
+    redispatch_after_s: float = 30.0
+
+    # --- embedded default ---------------------------------------------------------------------
+    emulator_port: int = 8081
+
+    @model_validator(mode="after")
+    def _time_limits_fit_visibility_timeout(self) -> Settings:
+        # A task outliving the broker's visibility timeout is redelivered and runs twice (celery#5935).
+        if not self.task_soft_time_limit_s < self.task_time_limit_s < self.broker_visibility_timeout_s:
+            raise ValueError(
+                "need task_soft_time_limit_s < task_time_limit_s < broker_visibility_timeout_s"
+            )
+        if self.job_heartbeat_s * 2 > self.job_lease_s:
+            raise ValueError("job_heartbeat_s must be at most half of job_lease_s")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: local queue, local events, SQLite unless a DB is set."""
+        return self.redis_url is None
+
+    @property
+    def async_database_url(self) -> str:
+        if self.database_url:
+            return to_async_url(self.database_url)
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'medparse.sqlite3').resolve()}"
+
+    @property
+    def sync_database_url(self) -> str:
+        return to_sync_url(self.async_database_url)
+
+    @property
+    def endpoint_max_in_flight(self) -> int:
+        return self.endpoint_max_concurrent_per_instance * self.endpoint_instance_count
+
+
+def to_async_url(url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+    return url
+
+
+def to_sync_url(url: str) -> str:
+    if url.startswith("postgresql+asyncpg://"):
+        return "postgresql+psycopg://" + url[len("postgresql+asyncpg://"):]
+    if url.startswith("sqlite+aiosqlite:///"):
+        return "sqlite:///" + url[len("sqlite+aiosqlite:///"):]
+    return url
+
+
+def masked_url(url: str) -> str:
+    """The URL with any password replaced, for logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL (e.g. redis://)
+        head, sep, tail = url.rpartition("@")
+        if not sep:
+            return url
+        scheme, _, _creds = head.partition("://")
+        return f"{scheme}://***@{tail}"
+
+
+def secret_value(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+__all__ = ["EndpointAuthMode", "Settings", "Field", "masked_url", "secret_value", "to_async_url", "to_sync_url"]

@@ -1,0 +1,1 @@
+"""Reusable helpers for tests (servers and fakes), importable from any test layer."""

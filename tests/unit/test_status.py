@@ -1,0 +1,31 @@
+import pytest
+
+from db.status import CANCELABLE, TERMINAL, TRANSITIONS, InvalidTransition, JobStatus, check_transition
+
+
+def test_terminal_states_are_exactly_succeeded_failed_canceled() -> None:
+    assert TERMINAL == {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}
+
+
+def test_only_queued_and_running_jobs_can_be_canceled() -> None:
+    assert CANCELABLE == {JobStatus.queued, JobStatus.running}
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL))
+@pytest.mark.parametrize("target", list(JobStatus))
+def test_a_terminal_job_never_changes_again(terminal: JobStatus, target: JobStatus) -> None:
+    with pytest.raises(InvalidTransition):
+        check_transition(terminal, target)
+
+
+def test_a_queued_job_cannot_succeed_without_running() -> None:
+    with pytest.raises(InvalidTransition, match="queued job cannot become succeeded"):
+        check_transition(JobStatus.queued, JobStatus.succeeded)
+
+
+def test_an_expired_running_job_may_go_back_to_queued() -> None:
+    check_transition(JobStatus.running, JobStatus.queued)
+
+
+def test_every_status_has_a_row_in_the_table() -> None:
+    assert set(TRANSITIONS) == set(JobStatus)

@@ -1,0 +1,71 @@
+"""The CPU and network work of one job, free of Celery and of the database.
+
+preprocess (pad + resize to the model's square PNG) -> endpoint call -> masks back in the
+original geometry -> compact encoding, area and bbox per mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from medparse import __version__, imaging, masks
+from medparse.endpoint.client import EndpointClient, ScoreRow
+from medparse.settings import Settings
+
+
+@dataclass(frozen=True)
+class StoredMask:
+    index: int
+    prompt: str
+    label: str
+    area_px: int
+    bbox: list[int] | None
+    height: int
+    width: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    width: int
+    height: int
+    masks: list[StoredMask]
+    provenance: dict[str, Any]
+
+
+def segment(
+    image: bytes, prompts: list[str], *, settings: Settings, client: EndpointClient, job_id: str
+) -> Segmentation:
+    prepared = imaging.prepare_image(
+        image,
+        target=settings.endpoint_image_size,
+        png_compress_level=settings.endpoint_png_compress_level,
+        max_pixels=settings.max_image_pixels,
+    )
+    scored = client.score([ScoreRow(image_png=prepared.png, prompts=prompts)], job_id=job_id)
+    (row,) = scored.rows
+    binary = masks.masks_to_original(row.masks, prepared.geometry)
+    stored = []
+    for index, (prompt, label, mask) in enumerate(zip(prompts, row.labels, binary, strict=True)):
+        area, bbox = masks.area_and_bbox(mask)
+        stored.append(
+            StoredMask(
+                index=index, prompt=prompt, label=label, area_px=area, bbox=bbox,
+                height=int(mask.shape[0]), width=int(mask.shape[1]), data=masks.encode_mask(mask),
+            )
+        )
+    geometry = prepared.geometry
+    provenance = {
+        "model": "medimageparse",
+        "deployment": settings.endpoint_deployment,
+        "endpoint_client_request_id": scored.client_request_id,
+        "endpoint_server_request_id": scored.server_request_id,
+        "endpoint_http_attempts": scored.attempts,
+        "endpoint_seconds": round(scored.seconds, 4),
+        "preprocessing": prepared.params,
+        "threshold": 128,
+        "mask_encoding": masks.MASK_ENCODING,
+        "software_version": __version__,
+    }
+    return Segmentation(width=geometry.orig_w, height=geometry.orig_h, masks=stored, provenance=provenance)

@@ -1,0 +1,94 @@
+"""The sweeper: Postgres is the truth, the broker only a hint; this closes the gap between them.
+
+Every ``sweep_interval_s`` it
+- publishes ``queued`` jobs whose last publish is older than ``redispatch_after_s`` (a lost
+  message, a flushed Redis, a gateway killed between commit and publish);
+- takes back ``running`` jobs whose lease expired (a killed worker): re-queued while attempts
+  remain, else ``failed`` with ``attempts_exhausted`` so a poison job cannot loop forever.
+Several workers may sweep at once: each change is a compare-and-set, so they never double up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from db import jobs as repo
+from db.status import JobStatus
+from medparse.queue import SEGMENT_TASK
+from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+@dataclass
+class SweepReport:
+    republished: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    exhausted: list[str] = field(default_factory=list)
+
+
+def _take_back_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
+    with ctx.engine.begin() as conn:
+        expired = list(conn.execute(repo.expired_leases_stmt(now=now, limit=BATCH)))
+    for job_id, attempts in expired:
+        if attempts >= ctx.settings.job_max_attempts:
+            target, extra = JobStatus.failed, {
+                "completed_at": now, "lease_expires_at": None, "error_code": "attempts_exhausted",
+                "error_message": f"the job was attempted {attempts} times and never finished; it may be "
+                "too large or crash the worker",
+            }
+        else:
+            target, extra = JobStatus.queued, {"lease_expires_at": None, "dispatched_at": None}
+        stmt = repo.transition_stmt(job_id, JobStatus.running, target, now=now, attempt=attempts, **extra)
+        try:
+            with ctx.engine.begin() as conn:
+                repo.transition_sync(conn, stmt)
+        except repo.StaleTransition:
+            continue  # finished or swept by someone else meanwhile
+        (report.exhausted if target is JobStatus.failed else report.requeued).append(str(job_id))
+        ctx.notifier.job_changed(str(job_id))
+
+
+def _republish_stale(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
+    before = now - timedelta(seconds=ctx.settings.redispatch_after_s)
+    with ctx.engine.begin() as conn:
+        stale = list(conn.execute(repo.stale_queued_stmt(dispatched_before=before, limit=BATCH)))
+    for job_id, _attempts, previous in stale:
+        with ctx.engine.begin() as conn:
+            if conn.execute(repo.mark_dispatched_stmt(job_id, previous=previous, now=now)).rowcount != 1:
+                continue
+        ctx.app.send_task(SEGMENT_TASK, args=[str(job_id)], task_id=str(job_id))
+        report.republished.append(str(job_id))
+
+
+def sweep_once(ctx: WorkerContext) -> SweepReport:
+    report = SweepReport()
+    now = datetime.now(UTC)
+    _take_back_expired(ctx, now, report)
+    _republish_stale(ctx, now, report)
+    if report.republished or report.requeued or report.exhausted:
+        log.info(
+            "sweep: republished %d, requeued %d, exhausted %d",
+            len(report.republished), len(report.requeued), len(report.exhausted),
+        )
+    return report
+
+
+class SweeperThread(threading.Thread):
+    def __init__(self, get_context: object, interval_s: float) -> None:
+        super().__init__(name="sweeper", daemon=True)
+        self._get_context = get_context
+        self._interval_s = interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self._interval_s):
+            try:
+                sweep_once(self._get_context())  # type: ignore[operator]
+            except Exception as exc:  # database or broker briefly away: try again next round
+                log.warning("sweep failed: %s", type(exc).__name__)

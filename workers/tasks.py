@@ -1,0 +1,58 @@
+"""Celery tasks: adapters that take a job id, and hand the work to lifecycle + pipeline."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+
+from medparse.endpoint.errors import EndpointError
+from medparse.imaging import ImageRejected
+from medparse.queue import SEGMENT_TASK
+from workers import lifecycle
+from workers.context import ContextHolder, WorkerContext
+from workers.pipeline import segment
+
+log = logging.getLogger(__name__)
+
+
+def run_job(ctx: WorkerContext, job_id_text: str) -> str:
+    """One delivery of ``segmentation.run``. Returns what happened, for logs and tests."""
+    try:
+        job_id = uuid.UUID(job_id_text)
+    except ValueError:
+        log.error("dropping message with malformed job id")
+        return "malformed"
+    settings = ctx.settings
+    claimed = lifecycle.claim(ctx.engine, job_id, settings.job_lease_s)
+    if claimed is None:
+        # Redelivery of a job that is running elsewhere, finished, canceled or deleted: no-op.
+        log.info("job %s not claimable; skipping duplicate delivery", job_id)
+        return "skipped"
+    ctx.notifier.job_changed(job_id_text)
+    outcome = "failed"
+    with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):
+        try:
+            result = segment(claimed.image, claimed.prompts, settings=settings, client=ctx.client, job_id=job_id_text)
+            outcome = "succeeded" if lifecycle.finish(ctx.engine, claimed, result) else "discarded"
+        except ImageRejected as exc:
+            lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)
+        except EndpointError as exc:
+            log.warning("job %s attempt %d: endpoint error %s", job_id, claimed.attempt, exc.code)
+            lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)
+        except SoftTimeLimitExceeded:
+            lifecycle.fail(ctx.engine, claimed, "timeout", "the job exceeded its processing time limit")
+        except Exception:
+            log.exception("job %s attempt %d: unexpected error", job_id, claimed.attempt)
+            lifecycle.fail(ctx.engine, claimed, "internal_error", "the worker hit an unexpected error; resubmit the job")
+    ctx.notifier.job_changed(job_id_text)
+    log.info("job %s attempt %d: %s", job_id, claimed.attempt, outcome)
+    return outcome
+
+
+def register_tasks(app: Celery, holder: ContextHolder) -> None:
+    @app.task(name=SEGMENT_TASK, acks_late=True, ignore_result=True)
+    def run_segmentation(job_id: str) -> str:
+        return run_job(holder.get(), job_id)
