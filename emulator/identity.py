@@ -52,7 +52,8 @@ async def managed_identity_token(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "access_token": issued.access_token,
-            "expires_on": str(math.ceil(issued.expires_on)),
+            # Rounded down: a client trusting expires_on never holds a token this server deems expired.
+            "expires_on": str(math.floor(issued.expires_on)),
             "resource": resource,
             "token_type": "Bearer",
             "client_id": request.query.get("client_id", EMULATED_CLIENT_ID),

@@ -188,7 +188,7 @@ class EndpointClient:
             response = self._http.post(self._uri, content=body, headers=headers, timeout=timeout)
         except httpx.ReadTimeout as exc:
             return Failure(FailureKind.read_timeout, detail=f"no answer within {timeout.read:g} s ({exc})")
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # refused, reset, protocol or decoding trouble
             return Failure(FailureKind.connection, detail=f"{type(exc).__name__}: {exc}")
         if response.status_code == 200:
             return response

@@ -52,7 +52,10 @@ def b64(raw: bytes, *, newlines: bool = False) -> str:
 
 def envelope(*rows: tuple[str, str], **extra: Any) -> dict[str, Any]:
     data = [list(row) for row in rows]
-    return {"input_data": {"columns": ["image", "text"], "index": list(range(len(data))), "data": data}, **extra}
+    return {
+        "input_data": {"columns": ["image", "text"], "index": list(range(len(data))), "data": data},
+        **extra,
+    }
 
 
 def one_row(prompts: str = "liver & tumor", image: np.ndarray | None = None) -> dict[str, Any]:
@@ -113,7 +116,9 @@ async def test_unknown_path_is_404_and_wrong_method_is_405(client: TestClient[An
     "headers",
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer "}],
 )
-async def test_missing_or_invalid_bearer_is_401(client: TestClient[Any, Any], headers: dict[str, str]) -> None:
+async def test_missing_or_invalid_bearer_is_401(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
     response = await client.post("/score", json=one_row(), headers=headers)
     assert response.status == 401
 
@@ -154,10 +159,8 @@ BAD_ENVELOPES: list[tuple[str, Any, str]] = [
     ("empty data", {"input_data": {"columns": ["image", "text"], "data": []}}, "non-empty"),
     ("row too short", {"input_data": {"columns": ["image", "text"], "data": [[PNG_B64]]}}, "row"),
     ("row not strings", {"input_data": {"columns": ["image", "text"], "data": [[PNG_B64, 3]]}}, "strings"),
-    ("index length", {"input_data": {"columns": ["image", "text"], "index": [0, 1], "data": [[PNG_B64, "a"]]}},
-     "index"),
-    ("index not ints", {"input_data": {"columns": ["image", "text"], "index": ["0"], "data": [[PNG_B64, "a"]]}},
-     "index"),
+    ("index length", {"input_data": {**envelope((PNG_B64, "a"))["input_data"], "index": [0, 1]}}, "index"),
+    ("index not ints", {"input_data": {**envelope((PNG_B64, "a"))["input_data"], "index": ["0"]}}, "index"),
     ("too many rows", envelope(*[(PNG_B64, "liver")] * 3), "too many rows"),
     ("not base64", envelope(("@@not base64@@", "liver")), "base64"),
     ("jpeg", envelope((b64(cv2.imencode(".jpg", ct_like())[1].tobytes()), "liver")), "PNG"),
@@ -168,8 +171,12 @@ BAD_ENVELOPES: list[tuple[str, Any, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("body", "reason"), [case[1:] for case in BAD_ENVELOPES], ids=[c[0] for c in BAD_ENVELOPES])
-async def test_bad_envelope_is_424_with_model_status_400(make_client: MakeClient, body: Any, reason: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "reason"), [case[1:] for case in BAD_ENVELOPES], ids=[c[0] for c in BAD_ENVELOPES]
+)
+async def test_bad_envelope_is_424_with_model_status_400(
+    make_client: MakeClient, body: Any, reason: str
+) -> None:
     client = await make_client(max_rows=2)
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = await client.post("/score", data=data, headers={**AUTH, "Content-Type": "application/json"})
@@ -232,7 +239,9 @@ async def test_gray_rgb_rgba_and_palette_pngs_are_accepted(client: TestClient[An
 
 async def test_every_response_has_a_request_id_and_echoes_the_client_id(client: TestClient[Any, Any]) -> None:
     client_id = str(uuid.uuid4())
-    response = await client.post("/score", json=one_row(), headers={**AUTH, "x-ms-client-request-id": client_id})
+    response = await client.post(
+        "/score", json=one_row(), headers={**AUTH, "x-ms-client-request-id": client_id}
+    )
     assert response.status == 200
     assert uuid.UUID(response.headers["x-request-id"])
     assert response.headers["x-ms-client-request-id"] == client_id
@@ -254,7 +263,9 @@ async def test_latency_beyond_request_timeout_is_408(make_client: MakeClient) ->
 
 async def test_queue_wait_counts_towards_the_timeout(make_client: MakeClient) -> None:
     client = await make_client(latency_ms=300, request_timeout_ms=450, max_concurrent_requests_per_instance=1)
-    first, second = await asyncio.gather(*(client.post("/score", json=one_row(), headers=AUTH) for _ in range(2)))
+    first, second = await asyncio.gather(
+        *(client.post("/score", json=one_row(), headers=AUTH) for _ in range(2))
+    )
     assert sorted([first.status, second.status]) == [200, 408]
 
 
@@ -326,9 +337,12 @@ async def test_config_patch_changes_knobs_and_resets_stats(client: TestClient[An
 
 
 @pytest.mark.parametrize(
-    "patch", [{"latency_ms": "slow"}, {"keys": ["x"]}, {"fault_rates": {"418": 0.5}}, {"size_mode": "huge"}, []]
+    "patch",
+    [{"latency_ms": "slow"}, {"keys": ["x"]}, {"fault_rates": {"418": 0.5}}, {"size_mode": "huge"}, []],
 )
-async def test_invalid_config_patch_is_400_and_changes_nothing(client: TestClient[Any, Any], patch: Any) -> None:
+async def test_invalid_config_patch_is_400_and_changes_nothing(
+    client: TestClient[Any, Any], patch: Any
+) -> None:
     before = await (await client.get("/_emulator/config", headers=AUTH)).json()
     response = await client.post("/_emulator/config", json=patch, headers=AUTH)
     assert response.status == 400
@@ -338,11 +352,17 @@ async def test_invalid_config_patch_is_400_and_changes_nothing(client: TestClien
 # --- managed identity (App Service protocol) with the real azure-identity credential ------------------
 
 
+OTHER_IDENTITY_VARIABLES = (
+    "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_USERNAME", "IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT",
+)  # fmt: skip
+
+
 @pytest.fixture
 def identity_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
-                 "AZURE_USERNAME", "IDENTITY_SERVER_THUMBPRINT", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT"):
-        monkeypatch.delenv(name, raising=False)  # fmt: skip
+    # Anything that would steer azure-identity to another credential or managed-identity flavour.
+    for name in OTHER_IDENTITY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
     def point_at(base_url: str, header: str = IDENTITY_SECRET) -> None:
         monkeypatch.setenv("IDENTITY_ENDPOINT", f"{base_url}/msi/token")

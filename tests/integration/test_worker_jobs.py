@@ -1,0 +1,154 @@
+"""One job delivery (``run_job``) and the sweeper, against real Postgres, Redis and the emulator.
+
+Celery itself is exercised by the e2e tests; here the task body runs in the test process so
+every branch (duplicate delivery, cancel mid-call, endpoint failure, expired lease) is observable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import redis
+from pydantic import SecretStr
+from sqlalchemy import select, update
+
+from db import jobs as repo
+from db.models import Job, JobMask
+from emulator.config import EmulatorConfig
+from medparse.settings import Settings
+from tests.conftest import REDIS_URL
+from tests.factories import new_tenant, organ_image
+from tests.support.emulator_server import running_emulator
+from workers.celery_app import make_celery
+from workers.context import ContextHolder, WorkerContext
+from workers.sweeper import sweep_once
+from workers.tasks import run_job
+
+KEY = "emulator-test-key"
+
+
+@pytest.fixture
+def emulator() -> Iterator[str]:
+    with running_emulator(EmulatorConfig(keys=[KEY])) as base_url:
+        yield base_url
+
+
+@pytest.fixture
+def ctx(pg_settings: Settings, emulator: str) -> Iterator[WorkerContext]:
+    settings = pg_settings.model_copy(
+        update={
+            "endpoint_scoring_uri": f"{emulator}/score", "endpoint_key": SecretStr(KEY),
+            "endpoint_max_attempts": 2, "endpoint_backoff_min_s": 0.01, "endpoint_backoff_max_s": 0.02,
+        }
+    )
+    app = make_celery(settings, sweeper=False)
+    context = ContextHolder(settings, app).get()
+    yield context
+    context.client.close()
+    context.engine.dispose()
+
+
+def new_job(ctx: WorkerContext, prompts: list[str] | None = None) -> uuid.UUID:
+    tenant_id, _ = new_tenant(ctx.settings)
+    image, _ = organ_image()
+    job = repo.NewJob(
+        id=uuid.uuid4(), tenant_id=tenant_id, prompts=prompts or ["liver", "tumor"], options={},
+        input_format="png", input_width=320, input_height=240, image=image, now=datetime.now(UTC),
+    )
+    with ctx.engine.begin() as conn:
+        for stmt in repo.insert_job_statements(job):
+            conn.execute(stmt)
+    return job.id
+
+
+def job_row(ctx: WorkerContext, job_id: uuid.UUID) -> dict[str, object]:
+    with ctx.engine.begin() as conn:
+        return dict(conn.execute(select(Job).where(Job.id == job_id)).mappings().one())
+
+
+def mask_count(ctx: WorkerContext, job_id: uuid.UUID) -> int:
+    with ctx.engine.begin() as conn:
+        return len(conn.execute(select(JobMask.index).where(JobMask.job_id == job_id)).all())
+
+
+def test_a_delivery_segments_and_stores_one_mask_per_prompt(ctx: WorkerContext) -> None:
+    job_id = new_job(ctx)
+    assert run_job(ctx, str(job_id)) == "succeeded"
+    row = job_row(ctx, job_id)
+    assert row["status"] == "succeeded" and row["attempts"] == 1
+    assert (row["result_width"], row["result_height"]) == (320, 240)
+    assert mask_count(ctx, job_id) == 2
+
+
+def test_a_duplicate_delivery_is_a_no_op(ctx: WorkerContext, emulator: str) -> None:
+    job_id = new_job(ctx)
+    assert run_job(ctx, str(job_id)) == "succeeded"
+    calls = httpx.get(f"{emulator}/_emulator/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert run_job(ctx, str(job_id)) == "skipped"
+    after = httpx.get(f"{emulator}/_emulator/stats", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert after == calls  # the endpoint was not called again
+    assert mask_count(ctx, job_id) == 2 and job_row(ctx, job_id)["attempts"] == 1
+
+
+def test_a_job_canceled_during_the_call_discards_the_result(ctx: WorkerContext, emulator: str) -> None:
+    httpx.post(f"{emulator}/_emulator/config", json={"latency_ms": 600}, headers={"Authorization": f"Bearer {KEY}"})
+    job_id = new_job(ctx)
+    outcome: list[str] = []
+    worker = threading.Thread(target=lambda: outcome.append(run_job(ctx, str(job_id))))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while job_row(ctx, job_id)["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    now = datetime.now(UTC)
+    with ctx.engine.begin() as conn:
+        repo.transition_sync(conn, repo.transition_stmt(job_id, repo.JobStatus.running, repo.JobStatus.canceled, now=now))
+    worker.join(10)
+    assert outcome == ["discarded"]
+    assert job_row(ctx, job_id)["status"] == "canceled" and mask_count(ctx, job_id) == 0
+
+
+def test_an_endpoint_that_keeps_failing_ends_the_job_failed_with_a_code(ctx: WorkerContext, emulator: str) -> None:
+    httpx.post(
+        f"{emulator}/_emulator/config", json={"fault_rates": {"503": 1.0}}, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    job_id = new_job(ctx)
+    assert run_job(ctx, str(job_id)) == "failed"
+    row = job_row(ctx, job_id)
+    assert row["status"] == "failed" and row["error_code"] == "endpoint_unavailable"
+    assert row["error_message"] and row["completed_at"] is not None
+
+
+def test_the_sweeper_requeues_an_expired_lease_then_gives_up_after_max_attempts(ctx: WorkerContext) -> None:
+    job_id = new_job(ctx)
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    for attempt in range(1, ctx.settings.job_max_attempts + 1):
+        with ctx.engine.begin() as conn:  # a worker claims the job and dies: its lease runs out
+            assert conn.execute(repo.claim_stmt(job_id, now=past, lease_until=past)).scalar_one() == attempt
+        report = sweep_once(ctx)
+        if attempt < ctx.settings.job_max_attempts:
+            assert str(job_id) in report.requeued and str(job_id) in report.republished
+            assert job_row(ctx, job_id)["status"] == "queued"
+    assert str(job_id) in report.exhausted
+    row = job_row(ctx, job_id)
+    assert row["status"] == "failed" and row["error_code"] == "attempts_exhausted"
+
+
+def test_the_sweeper_republishes_a_job_whose_publish_was_lost(ctx: WorkerContext) -> None:
+    job_id = new_job(ctx)
+    with ctx.engine.begin() as conn:  # as if the gateway died between commit and publish
+        conn.execute(update(Job).where(Job.id == job_id).values(dispatched_at=datetime.now(UTC) - timedelta(hours=1)))
+    queue_key = f"{ctx.settings.redis_namespace}:segmentation"
+    client = redis.Redis.from_url(REDIS_URL)
+    before = client.llen(queue_key)
+    report = sweep_once(ctx)
+    assert report.republished == [str(job_id)]
+    assert client.llen(queue_key) == before + 1
+    # A second sweeper right after finds nothing stale: the dispatched_at compare-and-set held.
+    assert sweep_once(ctx).republished == []
+    client.close()
