@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db import tenants
 from gateway.problems import ApiProblem
 
-PRINCIPAL: web.RequestKey["Principal"] = web.RequestKey("principal", "Principal")
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,9 @@ class Principal:
     tenant_id: uuid.UUID
     key_id: str
     scopes: frozenset[str]
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def _unauthorized(detail: str) -> ApiProblem:

@@ -39,8 +39,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         # Never echo internals (or request bytes) to the client; the id ties the log line to the reply.
         error_id = uuid.uuid4().hex[:12]
         log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
-        problem = ApiProblem(500, "internal_error", f"internal error (reference {error_id})")
-        return problem_response(problem, request.path)
+        internal = ApiProblem(500, "internal_error", f"internal error (reference {error_id})")
+        return problem_response(internal, request.path)
 
 
 @web.middleware

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ def job_url(job_id: uuid.UUID) -> str:
     return f"/v1/jobs/{job_id}"
 
 
-def to_public(row: Mapping[str, Any], mask_rows: list[Mapping[str, Any]] | None) -> JobPublic:
+def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | None) -> JobPublic:
     error = None
     if row["error_code"]:
         error = {"code": row["error_code"], "message": row["error_message"] or ""}
@@ -99,7 +99,8 @@ async def probe_upload(image: bytes, settings: Settings) -> imaging.ImageInfo:
         )
     except imaging.ImageRejected as exc:
         status = 413 if exc.code == "image_too_large" else (415 if exc.code == "unsupported_format" else 422)
-        raise ApiProblem(status, exc.code, f"image: {exc.message}", fields=[{"field": "image", "message": exc.message}]) from None
+        fields = [{"field": "image", "message": exc.message}]
+        raise ApiProblem(status, exc.code, f"image: {exc.message}", fields=fields) from None
 
 
 async def submit_job(

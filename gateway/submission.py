@@ -132,7 +132,9 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
         raise field_error("image", "required: the image file", code="missing_field")
     if prompts is None:
         raise field_error("prompts", "required: '&'-separated prompts", code="missing_field")
-    return JobSubmission(image=image, prompts=parse_prompts(prompts, settings), options=parse_options(options, settings))
+    return JobSubmission(
+        image=image, prompts=parse_prompts(prompts, settings), options=parse_options(options, settings)
+    )
 
 
 async def parse_submission(request: web.Request, settings: Settings) -> JobSubmission:

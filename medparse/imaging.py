@@ -332,10 +332,10 @@ def _u16_percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
     result = []
     for q in qs:
         quantile = q / 100
-        virtual = n * quantile + (1 + quantile * -1) - 1  # numpy's _compute_virtual_index, alpha=beta=1
+        virtual = (n - 1) * quantile  # numpy's "linear" virtual index
         below = math.floor(virtual)
         gamma = virtual - below
-        a = float(np.searchsorted(cumulative, min(max(below, 0), n - 1), side="right"))
+        a = float(np.searchsorted(cumulative, min(below, n - 1), side="right"))
         b = float(np.searchsorted(cumulative, min(below + 1, n - 1), side="right"))
         # numpy's _lerp, including its switch for gamma >= 0.5, so the bounds match bit for bit
         result.append(b - (b - a) * (1 - gamma) if gamma >= 0.5 else a + (b - a) * gamma)

@@ -14,6 +14,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from db import jobs as repo
 from db.status import JobStatus
@@ -36,6 +37,7 @@ def _take_back_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -
     with ctx.engine.begin() as conn:
         expired = list(conn.execute(repo.expired_leases_stmt(now=now, limit=BATCH)))
     for job_id, attempts in expired:
+        extra: dict[str, Any]
         if attempts >= ctx.settings.job_max_attempts:
             target, extra = JobStatus.failed, {
                 "completed_at": now, "lease_expires_at": None, "error_code": "attempts_exhausted",

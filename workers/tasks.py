@@ -46,7 +46,8 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
             lifecycle.fail(ctx.engine, claimed, "timeout", "the job exceeded its processing time limit")
         except Exception:
             log.exception("job %s attempt %d: unexpected error", job_id, claimed.attempt)
-            lifecycle.fail(ctx.engine, claimed, "internal_error", "the worker hit an unexpected error; resubmit the job")
+            message = "the worker hit an unexpected error; resubmit the job"
+            lifecycle.fail(ctx.engine, claimed, "internal_error", message)
     ctx.notifier.job_changed(job_id_text)
     log.info("job %s attempt %d: %s", job_id, claimed.attempt, outcome)
     return outcome

@@ -107,7 +107,8 @@ def test_a_job_canceled_during_the_call_discards_the_result(ctx: WorkerContext, 
         time.sleep(0.02)
     now = datetime.now(UTC)
     with ctx.engine.begin() as conn:
-        repo.transition_sync(conn, repo.transition_stmt(job_id, repo.JobStatus.running, repo.JobStatus.canceled, now=now))
+        stmt = repo.transition_stmt(job_id, repo.JobStatus.running, repo.JobStatus.canceled, now=now)
+        repo.transition_sync(conn, stmt)
     worker.join(10)
     assert outcome == ["discarded"]
     assert job_row(ctx, job_id)["status"] == "canceled" and mask_count(ctx, job_id) == 0
