@@ -40,6 +40,9 @@ TARGET_MS = {"gray8": 40.0, "gray16": 40.0, "rgb": 120.0}
 MAX_RATIO = 0.2
 MAX_DIFF = 2.0
 OUR_RUNS, SAMPLE_RUNS = 15, 3
+#: CPU time of this process, not wall time: the worker's cost per image, and immune to whatever else the
+#: shared 2-core box runs at the same moment (wall medians are printed beside it).
+CLOCK = time.process_time
 
 
 # --- synthetic uploads (fixed seeds) -------------------------------------------------------------
@@ -47,10 +50,10 @@ OUR_RUNS, SAMPLE_RUNS = 15, 3
 def ct_slice(seed: int, peak: float, noise: float, n: int = 512) -> np.ndarray:
     """CT-like slice as float32: body ellipse, six organs, blur, Gaussian noise."""
     rng = np.random.default_rng(seed)
-    img = np.zeros((n, n), np.float32)
+    img: np.ndarray = np.zeros((n, n), np.float32)
     cv2.ellipse(img, (n // 2, n // 2), (int(n * 0.42), int(n * 0.32)), 0, 0, 360, 0.43 * peak, -1)
     for _ in range(6):
-        centre = (int(rng.integers(n * 0.3, n * 0.7)), int(rng.integers(n * 0.35, n * 0.65)))
+        centre = (int(rng.integers(int(n * 0.3), int(n * 0.7))), int(rng.integers(int(n * 0.35), int(n * 0.65))))
         axes = (int(rng.integers(15, 60)), int(rng.integers(15, 50)))
         value = float(rng.uniform(0.25, 0.85)) * peak
         cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360, value, -1)
@@ -61,7 +64,7 @@ def ct_slice(seed: int, peak: float, noise: float, n: int = 512) -> np.ndarray:
 def pathology_photo(seed: int, width: int = 2048, height: int = 1536) -> np.ndarray:
     """Pathology-like RGB photo: pink field, 400 blurred purple cells, Gaussian noise sigma 4."""
     rng = np.random.default_rng(seed)
-    img = np.empty((height, width, 3), np.float32)
+    img: np.ndarray = np.empty((height, width, 3), np.float32)
     img[:] = (230, 190, 215)
     for _ in range(400):
         centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
@@ -91,9 +94,9 @@ def uploads() -> dict[str, bytes]:
 
 def blob_probabilities(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     """One lesion-like probability map: 1-3 irregular smooth blobs, 0..255."""
-    canvas = np.zeros((size, size), np.float32)
+    canvas: np.ndarray = np.zeros((size, size), np.float32)
     for _ in range(int(rng.integers(1, 4))):
-        cx, cy = (int(v) for v in rng.integers(size * 0.25, size * 0.75, 2))
+        cx, cy = (int(v) for v in rng.integers(size // 4, size * 3 // 4, 2))
         for _ in range(3):  # overlapping ellipses make the outline irregular
             centre = (cx + int(rng.integers(-25, 26)), cy + int(rng.integers(-25, 26)))
             axes = (int(rng.integers(25, 90)), int(rng.integers(25, 90)))
@@ -115,23 +118,23 @@ def emulated_response(seed: int, prompts: int = 2) -> bytes:
 # --- the two paths --------------------------------------------------------------------------------
 
 def our_path(upload: bytes, response: bytes, laps: dict[str, list[float]]) -> bytes:
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     prepared = prepare_image(upload, max_pixels=MAX_PIXELS)
-    t1 = time.perf_counter()
+    t1 = CLOCK()
     request = orjson.dumps({"input_data": {
         "columns": ["image", "text"], "index": [0],
         "data": [[pybase64.b64encode_as_string(prepared.png), PROMPT]],
     }})
-    t2 = time.perf_counter()
+    t2 = CLOCK()
     row = json.loads(response)[0]
     meta = json.loads(row["image_features"])
     raw = pybase64.b64decode(meta["data"], validate=True)
     probs = np.frombuffer(raw, dtype=np.dtype(meta["dtype"])).reshape(meta["shape"])
-    t3 = time.perf_counter()
+    t3 = CLOCK()
     binary = masks_to_original(probs, prepared.geometry)
-    t4 = time.perf_counter()
+    t4 = CLOCK()
     stored = [(area_and_bbox(mask), encode_mask(mask)) for mask in binary]
-    t5 = time.perf_counter()
+    t5 = CLOCK()
     for key, start, end in (("prepare", t0, t1), ("request", t1, t2), ("response", t2, t3),
                             ("to_original", t3, t4), ("store", t4, t5)):
         laps.setdefault(key, []).append((end - start) * 1e3)
@@ -193,51 +196,61 @@ def samples_path(upload: bytes, response: bytes) -> np.ndarray:
 
 # --- measurement ----------------------------------------------------------------------------------
 
-def timed(fn: Callable[[], Any], runs: int, warmup: int = 1) -> tuple[float, Any]:
+def timed(fn: Callable[[], Any], runs: int, warmup: int = 1) -> tuple[float, float, Any]:
+    """Median CPU ms, median wall ms, last result."""
     result = None
     for _ in range(warmup):
         result = fn()
-    samples = []
+    cpu, wall = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        cpu_start, wall_start = CLOCK(), time.perf_counter()
         result = fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples), result
+        cpu.append((CLOCK() - cpu_start) * 1e3)
+        wall.append((time.perf_counter() - wall_start) * 1e3)
+    return statistics.median(cpu), statistics.median(wall), result
 
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def measure(name: str, upload: bytes, response: bytes) -> tuple[str, str]:
+    """One upload: the comparison line and our per-step line."""
+    laps: dict[str, list[float]] = {}
+    ours_ms, ours_wall, png = timed(lambda: our_path(upload, response, laps), OUR_RUNS, warmup=2)
+    load_ms, _, _ = timed(lambda: load_pixels(upload, max_pixels=MAX_PIXELS), OUR_RUNS)
+    samples_ms, samples_wall, reference = timed(lambda: samples_path(upload, response), SAMPLE_RUNS)
+    ours = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    diff = float(np.abs(ours.astype(np.int16) - reference.astype(np.int16)).mean())
+    ratio = ours_ms / samples_ms
+    ok = ours_ms <= TARGET_MS[name] and ratio <= MAX_RATIO and diff <= MAX_DIFF
+    line = (
+        f"{name:7} {len(upload):>9,} {ours_ms:8.1f} {samples_ms:10.1f} {ratio:6.3f} {diff:6.2f}"
+        f" {ours_wall:9.1f} {samples_wall:12.1f}"
+        f"   <= {TARGET_MS[name]:.0f} ms, ratio <= {MAX_RATIO}, diff <= {MAX_DIFF}: {verdict(ok)}"
+    )
+    step = {key: statistics.median(values) for key, values in laps.items()}
+    steps = (
+        f"{name:7} {load_ms:7.1f} {step['prepare'] - load_ms:9.1f} {step['request']:8.2f}"
+        f" {step['response']:9.1f} {step['to_original']:12.2f} {step['store']:6.2f}  {len(png):>9,}"
+    )
+    return line, steps
+
+
 def image_rows() -> list[str]:
-    lines = []
-    steps = []
-    for index, (name, upload) in enumerate(uploads().items()):
-        response = emulated_response(100 + index)
-        laps: dict[str, list[float]] = {}
-        ours_ms, png = timed(lambda: our_path(upload, response, laps), OUR_RUNS, warmup=2)
-        load_ms, _ = timed(lambda: load_pixels(upload, max_pixels=MAX_PIXELS), OUR_RUNS)
-        samples_ms, reference = timed(lambda: samples_path(upload, response), SAMPLE_RUNS)
-        ours = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        diff = float(np.abs(ours.astype(np.int16) - reference.astype(np.int16)).mean())
-        ratio = ours_ms / samples_ms
-        ok = ours_ms <= TARGET_MS[name] and ratio <= MAX_RATIO and diff <= MAX_DIFF
-        lines.append(
-            f"{name:7} {len(upload):>9,} {ours_ms:8.1f} {samples_ms:10.1f} {ratio:6.3f} {diff:6.2f}"
-            f"   <= {TARGET_MS[name]:.0f} ms, ratio <= {MAX_RATIO}, diff <= {MAX_DIFF}: {verdict(ok)}"
-        )
-        medians = {key: statistics.median(values) for key, values in laps.items()}
-        steps.append(
-            f"{name:7} {load_ms:7.1f} {medians['prepare'] - load_ms:9.1f} {medians['request']:8.2f}"
-            f" {medians['response']:9.1f} {medians['to_original']:12.2f} {medians['store']:6.2f}  {len(png):>9,}"
-        )
+    measured = [
+        measure(name, upload, emulated_response(100 + index))
+        for index, (name, upload) in enumerate(uploads().items())
+    ]
     return [
-        "image    upload B  ours ms samples ms  ratio   diff   targets",
-        *lines,
+        "CPU ms per image (wall ms beside it); diff = mean |ours - samples| over the 1024x1024x3 input",
+        f"{'image':7} {'upload B':>9} {'ours ms':>8} {'samples ms':>10} {'ratio':>6} {'diff':>6}"
+        f" {'ours wall':>9} {'samples wall':>12}   targets (on CPU ms)",
+        *(line for line, _ in measured),
         "",
-        "our steps, median ms (decode = load_pixels alone; prep+png = prepare_image minus decode):",
+        "our steps, median CPU ms (decode = load_pixels alone; prep+png = prepare_image minus decode):",
         "image    decode  prep+png  request  response  to_original  store   our PNG B",
-        *steps,
+        *(steps for _, steps in measured),
     ]
 
 
@@ -245,8 +258,8 @@ def mask_rows() -> list[str]:
     rng = np.random.default_rng(7)
     realistic = [(blob_probabilities(rng) >= 128).view(np.uint8) for _ in range(15)]
     sizes = [len(encode_mask(m)) for m in realistic]
-    enc_ms, blob = timed(lambda: encode_mask(realistic[0]), 21)
-    dec_ms, _ = timed(lambda: decode_mask(blob, SIZE, SIZE), 21)
+    enc_ms, _, blob = timed(lambda: encode_mask(realistic[0]), 21)
+    dec_ms, _, _ = timed(lambda: decode_mask(blob, SIZE, SIZE), 21)
     worst = (np.random.default_rng(8).random((SIZE, SIZE)) < 0.5).view(np.uint8)
     worst_bytes = len(encode_mask(worst))
     fraction = statistics.median(float(m.mean()) for m in realistic)

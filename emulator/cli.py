@@ -24,13 +24,9 @@ IDENTITY_HEADER_ENV = "MEDPARSE_EMULATOR_IDENTITY_HEADER"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001, help="port (default 5001, as the inference server)")
-    parser.add_argument(
-        "--key", action="append", default=[], help=f"accepted bearer key, repeatable (or ${KEY_ENV})"
-    )
+    parser.add_argument("--key", action="append", default=[], help=f"accepted bearer key, repeatable (or ${KEY_ENV})")
     parser.add_argument("--auth-mode", choices=sorted(AUTH_MODES), default="key")
-    parser.add_argument(
-        "--identity-header", help=f"serve the managed-identity token route (or ${IDENTITY_HEADER_ENV})"
-    )
+    parser.add_argument("--identity-header", help=f"serve the managed-identity token route (or ${IDENTITY_HEADER_ENV})")
     parser.add_argument("--token-ttl", type=float, default=3600.0, help="lifetime of issued tokens, s")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--latency-jitter-ms", type=float, default=0.0)

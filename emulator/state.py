@@ -30,9 +30,7 @@ class Stats:
     prompts_scored: int = 0
     max_in_flight: int = 0
     client_request_id_count: int = 0
-    client_request_ids: deque[str] = field(
-        default_factory=lambda: deque(maxlen=MAX_REMEMBERED_CLIENT_REQUEST_IDS)
-    )
+    client_request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_REMEMBERED_CLIENT_REQUEST_IDS))
 
     def to_json(self, in_flight: int, on_gpu: int) -> dict[str, Any]:
         return {

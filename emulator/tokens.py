@@ -68,11 +68,7 @@ class TokenIssuer:
             return False
         expires = claims.get("exp")
         current = time.time() if now is None else now
-        return (
-            same_audience(claims.get("aud"), audience)
-            and isinstance(expires, int | float)
-            and current < expires
-        )
+        return same_audience(claims.get("aud"), audience) and isinstance(expires, int | float) and current < expires
 
     def _sign(self, signing_input: str) -> bytes:
         return hmac.new(self._secret, signing_input.encode("utf-8"), hashlib.sha256).digest()

@@ -48,6 +48,7 @@ class JobEventListener:
         self._waiters: dict[str, set[JobWaiter]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._transport: asyncio.BaseTransport | None = None
+        self._stopping = False
         self._publisher = aioredis.Redis.from_url(settings.redis_url) if settings.redis_url else None
 
     @contextlib.contextmanager
@@ -95,16 +96,17 @@ class JobEventListener:
     async def _redis_loop(self) -> None:
         assert self._settings.redis_url is not None
         channel = events_channel(self._settings)
-        while True:
+        # Polled with a short timeout and a stop flag rather than cancelled inside listen():
+        # redis-py's async pub/sub can swallow a cancellation there and hang the shutdown.
+        while not self._stopping:
             client = aioredis.Redis.from_url(self._settings.redis_url)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(channel)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                    while not self._stopping:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
+                        if message is not None and message.get("type") == "message":
                             self.dispatch(message["data"].decode(errors="replace"))
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # redis restarted: waiters fall back to re-checks meanwhile
                 log.warning("job event subscription lost (%s); reconnecting", type(exc).__name__)
                 await asyncio.sleep(1.0)
@@ -112,10 +114,12 @@ class JobEventListener:
                 await client.aclose()
 
     async def close(self) -> None:
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(self._task, timeout=5)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("job event subscription did not stop in time")
         if self._publisher is not None:
             await self._publisher.aclose()
         if self._transport is not None:

@@ -5,12 +5,13 @@
 restricted to PNG, JPEG and TIFF, with the format taken from the file's magic bytes.
 
 The preprocessing follows the official samples (healthcareai_toolkit, see the protocol notes
-section 4.1) with two deliberate differences, both cheaper and both exactly invertible:
-resize first and pad second (the samples pad ``abs(H-W)//2`` on both sides, then resize, which
-leaves odd sizes 1 px non-square and slightly stretched), and OpenCV resampling instead of
-skimage (INTER_AREA when shrinking, INTER_CUBIC when enlarging, where the samples use
-``skimage.transform.resize(order=3, anti_aliasing=True)``). bench/worker.py measures the
-pixel difference against the samples' path.
+section 4.1) with two deliberate differences, both much cheaper:
+- resize first, pad second, to an exact square with the odd pixel at the bottom/right. The samples
+  pad ``abs(H-W)//2`` on both sides and then resize, which leaves odd differences 1 px non-square
+  and slightly stretched; our ``Geometry`` is exact, so masks map back exactly.
+- OpenCV resampling (INTER_AREA when shrinking, INTER_CUBIC when enlarging) instead of
+  ``skimage.transform.resize(order=3, anti_aliasing=True)``, 10-100x faster.
+bench/worker.py measures the pixel difference against the samples' path (< 0.5 gray levels).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -59,7 +62,7 @@ class ImageInfo:
     format: str  # "png" | "jpeg" | "tiff", from the content
     width: int  # after EXIF orientation
     height: int
-    channels: int  # as stored, alpha included
+    channels: int  # bands as stored: alpha included, a palette image counts 1
     bit_depth: int  # bits per sample as stored
 
 
@@ -164,9 +167,9 @@ def prepare_image(
     pixels, source = _load(data, max_pixels)
     geometry = Geometry.fit(pixels.shape[0], pixels.shape[1], target)
     if geometry.scale < 1:
-        interpolation, flag = "area", cv2.INTER_AREA  # anti-aliased, the right filter for shrinking
+        interpolation, flag = "cv2.INTER_AREA", cv2.INTER_AREA  # anti-aliased, the right filter for shrinking
     elif geometry.scale > 1:
-        interpolation, flag = "cubic", cv2.INTER_CUBIC
+        interpolation, flag = "cv2.INTER_CUBIC", cv2.INTER_CUBIC
     else:
         interpolation, flag = "none", -1
     resized = pixels
@@ -224,11 +227,7 @@ def _check_size(width: int, height: int, frames: int, max_pixels: int) -> None:
 def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
     """Open with the sniffed format only, check the size, decode fully, read the EXIF orientation."""
     fmt = _sniff(data)
-    # Pillow warns where we want a verdict: DecompressionBombWarning (our own limit is stricter and
-    # checked below), corrupt EXIF, odd TIFF tags. catch_warnings is process-global state, which is
-    # acceptable here: it only silences warnings for its duration.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_pillow():
         try:
             im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]])
             width, height = im.size
@@ -238,6 +237,8 @@ def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
                 "image_too_large", f"the image declares too many pixels; the limit is {max_pixels}"
             ) from None
         except Exception as exc:  # Pillow's parsers raise many exception types on hostile input
+            if _declares_no_pixels(data, fmt):
+                _check_size(0, 0, 1, max_pixels)
             raise _corrupt(fmt) from exc
         _check_size(width, height, frames, max_pixels)
         try:
@@ -246,6 +247,34 @@ def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
         except Exception as exc:
             raise _corrupt(fmt) from exc
         return im, fmt, _exif_orientation(im)
+
+
+@contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    # Pillow warns where we want a verdict: DecompressionBombWarning (our own limit is stricter and
+    # checked explicitly), corrupt EXIF, odd TIFF tags, palette transparency on conversion.
+    # catch_warnings is process-global state; acceptable, as it only silences warnings meanwhile.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _declares_no_pixels(data: bytes, fmt: str) -> bool:
+    """True if a PNG or JPEG header declares a zero width or height (Pillow refuses to open those)."""
+    if fmt == "png":
+        return data[12:16] == b"IHDR" and (data[16:20] == b"\0" * 4 or data[20:24] == b"\0" * 4)
+    if fmt != "jpeg":
+        return False
+    pos = 2
+    while pos + 9 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte, markers without length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+            return data[pos + 5:pos + 7] == b"\0\0" or data[pos + 7:pos + 9] == b"\0\0"
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return False
 
 
 def _exif_orientation(im: Image.Image) -> int:
@@ -273,12 +302,13 @@ def _load(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     im, fmt, orientation = _open_decoded(data, max_pixels)
     mode = im.mode
     try:
-        if mode in _NATIVE_MODES:
-            raw = np.asarray(im)
-        elif mode in _GRAY_MODES:
-            raw = np.asarray(im.convert("L"))
-        else:  # P, PA, RGBA, RGBX, CMYK, YCbCr, ...: alpha dropped, as in the samples
-            raw = np.asarray(im.convert("RGB"))
+        with _quiet_pillow():
+            if mode in _NATIVE_MODES:
+                raw = np.asarray(im)
+            elif mode in _GRAY_MODES:
+                raw = np.asarray(im.convert("L"))
+            else:  # P, PA, RGBA, RGBX, CMYK, YCbCr, ...: alpha dropped, as in the samples
+                raw = np.asarray(im.convert("RGB"))
     except Exception as exc:
         raise ImageRejected(
             "unsupported_format", f"pixel format {mode!r} is not supported; save the image as 8 or 16 bit"
@@ -312,7 +342,9 @@ def _to_uint8(raw: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         lo, hi = _u16_percentiles(values, PERCENTILES)
         out = np.take(_scale_lut(lo, hi), values)
     else:
-        out, lo, hi = _scale_float(raw.astype(np.float64))
+        # Hostile floats (signalling NaNs, ranges near the float64 limit) would only warn; they end up clamped.
+        with np.errstate(all="ignore"):
+            out, lo, hi = _scale_float(raw.astype(np.float64))
     info = {
         "method": "percentile", "percentiles": list(PERCENTILES), "low": lo, "high": hi,
         "source_dtype": str(raw.dtype), "rounding": "truncate",

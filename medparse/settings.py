@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     #: max_concurrent_requests_per_instance x instance_count of the deployment: our global in-flight cap.
     endpoint_max_concurrent_per_instance: int = 8
     endpoint_instance_count: int = 1
+    #: How long a crashed worker's in-flight slot stays taken; live holders renew theirs.
+    endpoint_in_flight_lease_s: float = 30.0
     #: Side of the square PNG the model accepts.
     endpoint_image_size: int = 1024
     #: zlib level of the PNG we send: level 1 costs a third of Pillow's default 6 for ~15 % more bytes.

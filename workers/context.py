@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from db.engine import make_sync_engine
 from medparse.endpoint.client import EndpointClient
-from medparse.endpoint.limiter import InFlightLimiter, LocalInFlightLimiter, RedisInFlightLimiter
+from medparse.endpoint.limiter import make_in_flight_limiter
 from medparse.events import JobEventNotifier, make_notifier
 from medparse.settings import Settings
 
@@ -24,18 +24,6 @@ class WorkerContext:
     client: EndpointClient
     notifier: JobEventNotifier
     app: Celery
-
-
-def make_limiter(settings: Settings) -> InFlightLimiter:
-    if settings.redis_url is None:
-        return LocalInFlightLimiter(settings.endpoint_max_in_flight)
-    # The lease must outlive the longest single HTTP attempt, or a slow call's slot is handed out twice.
-    return RedisInFlightLimiter(
-        redis.Redis.from_url(settings.redis_url),
-        key=f"{settings.redis_namespace}:endpoint-inflight",
-        limit=settings.endpoint_max_in_flight,
-        lease_s=settings.endpoint_read_timeout_s + settings.endpoint_connect_timeout_s + 5,
-    )
 
 
 class ContextHolder:
@@ -55,7 +43,11 @@ class ContextHolder:
                 self._context = WorkerContext(
                     settings=settings,
                     engine=make_sync_engine(settings),
-                    client=EndpointClient(settings, limiter=make_limiter(settings)),
+                    client=EndpointClient(settings, limiter=make_in_flight_limiter(
+                        settings,
+                        redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+                        lease_s=settings.endpoint_in_flight_lease_s,
+                    )),
                     notifier=make_notifier(settings),
                     app=self._app,
                 )

@@ -116,9 +116,7 @@ async def test_unknown_path_is_404_and_wrong_method_is_405(client: TestClient[An
     "headers",
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}, {"Authorization": "Bearer "}],
 )
-async def test_missing_or_invalid_bearer_is_401(
-    client: TestClient[Any, Any], headers: dict[str, str]
-) -> None:
+async def test_missing_or_invalid_bearer_is_401(client: TestClient[Any, Any], headers: dict[str, str]) -> None:
     response = await client.post("/score", json=one_row(), headers=headers)
     assert response.status == 401
 
@@ -171,12 +169,8 @@ BAD_ENVELOPES: list[tuple[str, Any, str]] = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("body", "reason"), [case[1:] for case in BAD_ENVELOPES], ids=[c[0] for c in BAD_ENVELOPES]
-)
-async def test_bad_envelope_is_424_with_model_status_400(
-    make_client: MakeClient, body: Any, reason: str
-) -> None:
+@pytest.mark.parametrize(("body", "reason"), [case[1:] for case in BAD_ENVELOPES], ids=[c[0] for c in BAD_ENVELOPES])
+async def test_bad_envelope_is_424_with_model_status_400(make_client: MakeClient, body: Any, reason: str) -> None:
     client = await make_client(max_rows=2)
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = await client.post("/score", data=data, headers={**AUTH, "Content-Type": "application/json"})
@@ -239,9 +233,7 @@ async def test_gray_rgb_rgba_and_palette_pngs_are_accepted(client: TestClient[An
 
 async def test_every_response_has_a_request_id_and_echoes_the_client_id(client: TestClient[Any, Any]) -> None:
     client_id = str(uuid.uuid4())
-    response = await client.post(
-        "/score", json=one_row(), headers={**AUTH, "x-ms-client-request-id": client_id}
-    )
+    response = await client.post("/score", json=one_row(), headers={**AUTH, "x-ms-client-request-id": client_id})
     assert response.status == 200
     assert uuid.UUID(response.headers["x-request-id"])
     assert response.headers["x-ms-client-request-id"] == client_id
@@ -263,9 +255,7 @@ async def test_latency_beyond_request_timeout_is_408(make_client: MakeClient) ->
 
 async def test_queue_wait_counts_towards_the_timeout(make_client: MakeClient) -> None:
     client = await make_client(latency_ms=300, request_timeout_ms=450, max_concurrent_requests_per_instance=1)
-    first, second = await asyncio.gather(
-        *(client.post("/score", json=one_row(), headers=AUTH) for _ in range(2))
-    )
+    first, second = await asyncio.gather(*(client.post("/score", json=one_row(), headers=AUTH) for _ in range(2)))
     assert sorted([first.status, second.status]) == [200, 408]
 
 
@@ -340,9 +330,7 @@ async def test_config_patch_changes_knobs_and_resets_stats(client: TestClient[An
     "patch",
     [{"latency_ms": "slow"}, {"keys": ["x"]}, {"fault_rates": {"418": 0.5}}, {"size_mode": "huge"}, []],
 )
-async def test_invalid_config_patch_is_400_and_changes_nothing(
-    client: TestClient[Any, Any], patch: Any
-) -> None:
+async def test_invalid_config_patch_is_400_and_changes_nothing(client: TestClient[Any, Any], patch: Any) -> None:
     before = await (await client.get("/_emulator/config", headers=AUTH)).json()
     response = await client.post("/_emulator/config", json=patch, headers=AUTH)
     assert response.status == 400
@@ -372,9 +360,7 @@ def identity_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
 
 
 def aad_config(token_ttl_s: float = 3600.0) -> EmulatorConfig:
-    return EmulatorConfig(
-        keys=[KEY], auth_mode="aad_token", identity_header=IDENTITY_SECRET, token_ttl_s=token_ttl_s
-    )
+    return EmulatorConfig(keys=[KEY], auth_mode="aad_token", identity_header=IDENTITY_SECRET, token_ttl_s=token_ttl_s)
 
 
 def score_with(base_url: str, token: str) -> int:

@@ -145,8 +145,6 @@ def test_image_features_string_is_exactly_json_dumps_of_the_mask_metadata() -> N
     image[2:4, 2:6] = 200
     result = row_result(Row(gray=image, prompts=["liver", "tumor"]))
     masks = segment_image(image, ["liver", "tumor"])
-    expected = json.dumps(
-        {"data": pybase64.b64encode(masks.tobytes()).decode(), "shape": [2, 6, 8], "dtype": "uint8"}
-    )
+    expected = json.dumps({"data": pybase64.b64encode(masks.tobytes()).decode(), "shape": [2, 6, 8], "dtype": "uint8"})
     assert result["image_features"] == expected
     assert result["text_features"] == ["liver", "tumor"]
