@@ -13,7 +13,6 @@ from db import tenants
 from gateway.problems import ApiProblem
 
 
-
 @dataclass(frozen=True)
 class Principal:
     tenant_id: uuid.UUID
