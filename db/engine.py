@@ -34,13 +34,17 @@ def make_async_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def make_sync_engine(settings: Settings, **kwargs: Any) -> Engine:
+def make_sync_engine(settings: Settings, *, system_scope: bool = False, **kwargs: Any) -> Engine:
+    """``system_scope``: the connection acts for the system (workers, sweeper, CLI), which the
+    row-level security policies let see every tenant's rows; the gateway never sets it."""
     url = settings.sync_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if system_scope:
+        kwargs.setdefault("connect_args", {"options": "-c medparse.scope=system"})
     kwargs.setdefault("pool_size", max(4, settings.worker_concurrency + 2))
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)

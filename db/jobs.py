@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, Update, and_, delete, insert, or_, select, update
+from sqlalchemy import Select, Update, and_, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -41,11 +41,11 @@ class NewJob:
     input_height: int
     image: bytes
     now: datetime
+    priority: int = 0
 
 
 def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
-    # dispatched_at is set optimistically: the gateway publishes right after the commit, and if
-    # that publish never happens the sweeper sees an old dispatched_at and publishes again.
+    # dispatched_at stays NULL: the workers' fair dispatcher publishes the job when its turn comes.
     job_row = insert(Job).values(
         id=job.id,
         tenant_id=job.tenant_id,
@@ -58,8 +58,10 @@ def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
         input_bytes=len(job.image),
         created_at=job.now,
         updated_at=job.now,
-        dispatched_at=job.now,
+        dispatched_at=None,
         attempts=0,
+        priority=job.priority,
+        prompt_count=len(job.prompts),
     )
     input_row = insert(JobInput).values(job_id=job.id, data=job.image)
     return job_row, input_row
@@ -67,6 +69,10 @@ def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
 
 def select_job(tenant_id: uuid.UUID, job_id: uuid.UUID) -> Select[Any]:
     return select(*JOB_COLUMNS).where(Job.id == job_id, Job.tenant_id == tenant_id)
+
+
+def count_queued_stmt(tenant_id: uuid.UUID) -> Select[Any]:
+    return select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued.value)
 
 
 def select_job_any_tenant(job_id: uuid.UUID) -> Select[Any]:
@@ -175,18 +181,6 @@ def delete_masks_stmt(job_id: uuid.UUID) -> Any:
     return delete(JobMask).where(JobMask.job_id == job_id)
 
 
-def stale_queued_stmt(*, dispatched_before: datetime, limit: int) -> Select[Any]:
-    return (
-        select(Job.id, Job.attempts, Job.dispatched_at)
-        .where(
-            Job.status == JobStatus.queued.value,
-            or_(Job.dispatched_at.is_(None), Job.dispatched_at < dispatched_before),
-        )
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
-
-
 def expired_leases_stmt(*, now: datetime, limit: int) -> Select[Any]:
     return (
         select(Job.id, Job.attempts)
@@ -195,11 +189,20 @@ def expired_leases_stmt(*, now: datetime, limit: int) -> Select[Any]:
     )
 
 
-def mark_dispatched_stmt(job_id: uuid.UUID, *, previous: datetime | None, now: datetime) -> Update:
-    """Compare-and-set on dispatched_at, so two sweepers never publish the same stale job twice."""
-    guard = Job.dispatched_at.is_(None) if previous is None else Job.dispatched_at == previous
+def undispatch_stale_stmt(*, dispatched_before: datetime) -> Update:
+    """Queued jobs published long ago but never claimed (message lost) go back to the dispatcher."""
     return (
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.queued.value, guard)
-        .values(dispatched_at=now)
+        .where(
+            Job.status == JobStatus.queued.value,
+            Job.dispatched_at.is_not(None),
+            Job.dispatched_at < dispatched_before,
+        )
+        .values(dispatched_at=None)
+        .returning(Job.id)
     )
+
+
+def add_endpoint_usage_values(calls: int, seconds: float) -> dict[str, Any]:
+    """SET fragments that add one attempt's endpoint calls to the job's running totals."""
+    return {"endpoint_calls": Job.endpoint_calls + calls, "endpoint_seconds": Job.endpoint_seconds + seconds}

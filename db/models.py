@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -17,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -45,6 +47,11 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Quota overrides; NULL means the deployment-wide default from Settings.
+    rate_limit_rps: Mapped[float | None] = mapped_column(Float)
+    max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_image_bytes: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiKey(Base):
@@ -55,6 +62,7 @@ class ApiKey(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     #: SHA-256 of the secret part. The secret has 192 random bits, so a slow hash adds nothing.
     secret_hash: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str | None] = mapped_column(String(100))
     scopes: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -67,6 +75,7 @@ class Job(Base):
         CheckConstraint(f"status IN ({STATUS_VALUES})", name="status_known"),
         Index("ix__jobs__tenant_created", "tenant_id", "created_at", "id"),
         Index("ix__jobs__status_dispatched", "status", "dispatched_at"),
+        Index("ix__jobs__tenant_status", "tenant_id", "status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -86,6 +95,12 @@ class Job(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: claims so far; the claim that made attempt k is the only one allowed to finish attempt k
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: higher runs first within the tenant; never reorders other tenants' jobs
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    prompt_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: HTTP calls to the model endpoint and their seconds, summed over attempts (for usage/billing)
+    endpoint_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    endpoint_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -93,6 +108,25 @@ class Job(Base):
     result_height: Mapped[int | None] = mapped_column(Integer)
     #: provenance of the result: endpoint request ids, preprocessing geometry, software version
     result_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class IdempotencyKey(Base):
+    """The first response to a POST with an ``Idempotency-Key``, replayed to retries (per tenant)."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: SHA-256 of what the request asked for; the same key with another fingerprint is refused
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    #: ``in_flight`` until the first request finishes, then ``done``
+    state: Mapped[str] = mapped_column(String(16))
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    #: an ``in_flight`` record older than this was abandoned (its request died) and may be taken over
+    locked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class JobInput(Base):
@@ -120,3 +154,115 @@ class JobMask(Base):
     #: how ``data`` is encoded; see ``medparse.masks``
     encoding: Mapped[str] = mapped_column(String(32))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# --- Webhooks (migration 0002_webhooks; statements in db/webhooks.py) ---
+
+DELIVERY_STATUS_VALUES = "'pending', 'sending', 'succeeded', 'failed'"
+
+
+class WebhookEndpoint(Base):
+    """A tenant's registered receiver of all (or some) of its job events."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (Index("ix__webhook_endpoints__tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(200))
+    #: NULL = every event type
+    event_types: Mapped[list[str] | None] = mapped_column(JSON)
+    #: ``whsec_...``; kept in clear because signing needs it (like an API's client secret)
+    secret: Mapped[str] = mapped_column(String(64))
+    #: the secret before the last rotation, still signing until ``previous_secret_expires_at``
+    previous_secret: Mapped[str | None] = mapped_column(String(64))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: set when the receiver answered 410 (or by the tenant); disabled endpoints get no new events
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookTenantSecret(Base):
+    """The tenant's default signing secret, used for per-job ``webhook_url`` deliveries."""
+
+    __tablename__ = "webhook_tenant_secrets"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(64))
+    previous_secret: Mapped[str | None] = mapped_column(String(64))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class JobWebhook(Base):
+    """The ``webhook_url`` and ``webhook_events`` given with one job."""
+
+    __tablename__ = "job_webhooks"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    #: the receiver answered 410: no further events for this job
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookDelivery(Base):
+    """One job event for one target (the outbox row); its id is the stable ``webhook-id``.
+
+    Written in the same transaction as the job's status change. The unique constraint makes a
+    retried status change unable to create the event twice.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({DELIVERY_STATUS_VALUES})", name="status_known"),
+        UniqueConstraint("job_id", "event_type", "target"),
+        Index("ix__webhook_deliveries__status_next", "status", "next_attempt_at"),
+        Index("ix__webhook_deliveries__tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix__webhook_deliveries__endpoint_created", "endpoint_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    #: NULL for the job's own ``webhook_url``
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    #: ``job`` or the endpoint id: not NULL, so the unique constraint also covers per-job URLs
+    target: Mapped[str] = mapped_column(String(40))
+    event_type: Mapped[str] = mapped_column(String(32))
+    #: the body, fixed when the event happened so every retry sends the same bytes
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    #: attempts ever made (numbers the attempt rows); ``failures`` indexes the retry schedule
+    attempts: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: last publish of ``webhooks.deliver``; the dispatcher publishes again if it is old
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: lease of the task that is sending; an expired one (killed worker) is claimed again
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WebhookAttempt(Base):
+    """One HTTP attempt of a delivery (no bodies: they may hold PHI-adjacent data or secrets)."""
+
+    __tablename__ = "webhook_attempts"
+
+    delivery_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(200))

@@ -67,9 +67,15 @@ def insert_key_stmt(
 
 
 def select_key(key_id: str) -> Select[Any]:
-    return select(
-        ApiKey.tenant_id, ApiKey.secret_hash, ApiKey.scopes, ApiKey.expires_at, ApiKey.revoked_at
-    ).where(ApiKey.id == key_id)
+    """The key with its tenant's quota overrides (one round trip per request)."""
+    return (
+        select(
+            ApiKey.tenant_id, ApiKey.secret_hash, ApiKey.scopes, ApiKey.expires_at, ApiKey.revoked_at,
+            Tenant.rate_limit_rps, Tenant.max_queued_jobs, Tenant.max_running_jobs, Tenant.max_image_bytes,
+        )
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.id == key_id)
+    )
 
 
 def select_tenant_by_name(name: str) -> Select[Any]:

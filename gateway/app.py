@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from db.engine import make_async_engine
-from gateway.dispatch import JobPublisher
+from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
-from gateway.keys import ENGINE, EVENTS, PUBLISHER, SETTINGS
+from gateway.keys import ENGINE, EVENTS, NUDGER, RATE_LIMITER, SETTINGS
 from gateway.middleware import auth_middleware, problems_middleware
+from gateway.ratelimit import RateLimiter
 from gateway.routes import setup_routes
 from medparse.settings import Settings, masked_url
 
@@ -26,12 +27,18 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await app[ENGINE].dispose()
 
 
-async def _publisher(app: web.Application) -> AsyncIterator[None]:
-    publisher = JobPublisher(app[SETTINGS])
-    publisher.start()
-    app[PUBLISHER] = publisher
+async def _nudger(app: web.Application) -> AsyncIterator[None]:
+    nudger = DispatchNudger(app[SETTINGS])
+    nudger.start()
+    app[NUDGER] = nudger
     yield
-    await publisher.close()
+    await nudger.close()
+
+
+async def _rate_limiter(app: web.Application) -> AsyncIterator[None]:
+    app[RATE_LIMITER] = RateLimiter(app[SETTINGS])
+    yield
+    await app[RATE_LIMITER].close()
 
 
 async def _events(app: web.Application) -> AsyncIterator[None]:
@@ -50,6 +57,6 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[problems_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([_database, _publisher, _events])
+    app.cleanup_ctx.extend([_database, _nudger, _rate_limiter, _events])
     setup_routes(app)
     return app

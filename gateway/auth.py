@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import tenants
 from gateway.problems import ApiProblem
+from gateway.tenancy import TenantQuotas
+from medparse.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,7 @@ class Principal:
     tenant_id: uuid.UUID
     key_id: str
     scopes: frozenset[str]
+    quotas: TenantQuotas
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -27,7 +30,7 @@ def _unauthorized(detail: str) -> ApiProblem:
     return ApiProblem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="medparse"'})
 
 
-async def authenticate(engine: AsyncEngine, authorization: str | None) -> Principal:
+async def authenticate(engine: AsyncEngine, settings: Settings, authorization: str | None) -> Principal:
     if not authorization:
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
     scheme, _, value = authorization.partition(" ")
@@ -44,7 +47,12 @@ async def authenticate(engine: AsyncEngine, authorization: str | None) -> Princi
     expires_at = row["expires_at"]
     if expires_at is not None and (expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)) <= now:
         raise _unauthorized("the API key has expired")
-    return Principal(tenant_id=row["tenant_id"], key_id=parsed.key_id, scopes=frozenset(row["scopes"]))
+    return Principal(
+        tenant_id=row["tenant_id"],
+        key_id=parsed.key_id,
+        scopes=frozenset(row["scopes"]),
+        quotas=TenantQuotas.from_row(row, settings),
+    )
 
 
 def principal(request: web.Request, scope: str) -> Principal:

@@ -10,9 +10,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from db.status import JobStatus, is_terminal
-from gateway import services
+from gateway import idempotency, services
 from gateway.auth import principal
-from gateway.keys import ENGINE, EVENTS, PUBLISHER, SETTINGS
+from gateway.keys import ENGINE, EVENTS, NUDGER, SETTINGS
 from gateway.problems import field_error, not_found
 from gateway.schemas import HealthPublic, JobPublic, JobsPublic
 from gateway.submission import parse_submission
@@ -60,8 +60,13 @@ async def create_job(request: web.Request) -> web.Response:
     who = principal(request, "jobs:write")
     settings = request.app[SETTINGS]
     submission = await parse_submission(request, settings)
-    job = await services.submit_job(request.app[ENGINE], request.app[PUBLISHER], settings, who.tenant_id, submission)
-    job, headers = await _maybe_wait(request, job, who.tenant_id)
+    submitted = await services.submit_job(
+        request.app[ENGINE], request.app[NUDGER], settings, who, submission, idempotency.key_from(request)
+    )
+    if submitted.replay is not None:
+        return submitted.replay.to_response()
+    assert submitted.job is not None
+    job, headers = await _maybe_wait(request, submitted.job, who.tenant_id)
     return json_response(job, status=202, headers={"Location": job.urls.get, **headers})
 
 
@@ -122,6 +127,6 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    checks = await services.readiness(request.app[ENGINE], request.app[PUBLISHER])
+    checks = await services.readiness(request.app[ENGINE], request.app[NUDGER])
     ready = all(v == "ok" for v in checks.values())
     return json_response(HealthPublic(status="ok" if ready else "unavailable", checks=checks), 200 if ready else 503)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.dispatch import JobPublisher
+from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
+from gateway.ratelimit import RateLimiter
 from medparse.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
-PUBLISHER = web.AppKey("publisher", JobPublisher)
+NUDGER = web.AppKey("nudger", DispatchNudger)
 EVENTS = web.AppKey("events", JobEventListener)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

@@ -9,8 +9,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.auth import PRINCIPAL, authenticate
-from gateway.keys import ENGINE
+from gateway.keys import ENGINE, RATE_LIMITER, SETTINGS
 from gateway.problems import ApiProblem, problem_response
+from gateway.ratelimit import retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,17 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who is calling (401 otherwise), and within their tenant's request rate (429 otherwise)."""
     if request.path.startswith("/v1/"):
-        request[PRINCIPAL] = await authenticate(request.app[ENGINE], request.headers.get("Authorization"))
+        who = await authenticate(request.app[ENGINE], request.app[SETTINGS], request.headers.get("Authorization"))
+        decision = await request.app[RATE_LIMITER].take(
+            who.tenant_id, who.quotas.rate_limit_rps, who.quotas.rate_limit_burst
+        )
+        if not decision.allowed:
+            raise ApiProblem(
+                429, "rate_limited",
+                f"more than {who.quotas.rate_limit_rps:g} requests per second for this tenant; retry later",
+                headers={"Retry-After": retry_after_header(decision.retry_after_s)},
+            )
+        request[PRINCIPAL] = who
     return await handler(request)

@@ -56,6 +56,8 @@ class JobCreateJson(BaseModel):
     image_base64: Annotated[str, Field(min_length=1)]
     prompts: str | list[str]
     options: JobOptions = Field(default_factory=JobOptions)
+    #: higher runs first within the tenant's own queue (-100..100)
+    priority: int = 0
 
 
 class ErrorPublic(BaseModel):
@@ -102,6 +104,7 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     attempts: int
+    priority: int
     error: ErrorPublic | None
     input: InputPublic
     result: ResultPublic | None

@@ -6,20 +6,25 @@ import asyncio
 import base64
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+from aiohttp import web
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import jobs as repo
 from db.status import CANCELABLE, JobStatus, is_terminal
-from gateway.dispatch import JobPublisher
+from gateway import idempotency
+from gateway.auth import Principal
+from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.schemas import JobPublic
 from gateway.submission import JobSubmission
+from gateway.tenancy import tenant_transaction
 from medparse import imaging, masks
 from medparse.settings import Settings
 
@@ -76,6 +81,7 @@ def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | N
             "started_at": as_utc(row["started_at"]),
             "completed_at": as_utc(row["completed_at"]),
             "attempts": row["attempts"],
+            "priority": row["priority"],
             "error": error,
             "input": {
                 "width": row["input_width"],
@@ -103,20 +109,58 @@ async def probe_upload(image: bytes, settings: Settings) -> imaging.ImageInfo:
         raise ApiProblem(status, exc.code, f"image: {exc.message}", fields=fields) from None
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A new job, or (for a repeated Idempotency-Key) the first request's stored response."""
+
+    job: JobPublic | None
+    replay: idempotency.StoredResponse | None = None
+
+
 async def submit_job(
     engine: AsyncEngine,
-    publisher: JobPublisher,
+    nudger: DispatchNudger,
     settings: Settings,
-    tenant_id: uuid.UUID,
+    who: Principal,
     submission: JobSubmission,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Validate the image, then commit the job and its bytes in one transaction and nudge dispatch."""
+    if len(submission.image) > who.quotas.max_image_bytes:
+        raise ApiProblem(
+            413, "payload_too_large", f"image: larger than this tenant's {who.quotas.max_image_bytes} bytes",
+            fields=[{"field": "image", "message": "too large"}],
+        )
+    reservation = None
+    if idempotency_key is not None:
+        outcome = await idempotency.reserve(
+            engine, settings, who.tenant_id, idempotency_key,
+            idempotency.fingerprint("POST /v1/jobs", *submission.fingerprint_parts()),
+        )
+        if isinstance(outcome, idempotency.StoredResponse):
+            return Submitted(job=None, replay=outcome)
+        reservation = outcome
+    try:
+        job = await _insert_job(engine, settings, who, submission, reservation)
+    except BaseException:
+        if reservation is not None:
+            await idempotency.release(engine, reservation)
+        raise
+    nudger.nudge()
+    return Submitted(job=job)
+
+
+async def _insert_job(
+    engine: AsyncEngine,
+    settings: Settings,
+    who: Principal,
+    submission: JobSubmission,
+    reservation: idempotency.Reservation | None,
 ) -> JobPublic:
-    """Validate the image, commit the job and its bytes, then hand the id to the publisher."""
-    if len(submission.image) > settings.max_body_bytes:
-        raise ApiProblem(413, "payload_too_large", f"image: larger than {settings.max_body_bytes} bytes")
     info = await probe_upload(submission.image, settings)
     new = repo.NewJob(
         id=uuid.uuid4(),
-        tenant_id=tenant_id,
+        tenant_id=who.tenant_id,
         prompts=submission.prompts,
         options=submission.options.model_dump(mode="json", exclude_none=True),
         input_format=info.format,
@@ -124,38 +168,47 @@ async def submit_job(
         input_height=info.height,
         image=submission.image,
         now=utcnow(),
+        priority=submission.priority,
     )
+    job = to_public(_new_job_row(new, info, len(submission.image)), None)
     job_stmt, input_stmt = repo.insert_job_statements(new)
-    async with engine.begin() as conn:
+    async with tenant_transaction(engine, who.tenant_id) as conn:
+        queued = (await conn.execute(repo.count_queued_stmt(who.tenant_id))).scalar_one()
+        if queued >= who.quotas.max_queued_jobs:
+            # Checked before the insert: concurrent submissions may overshoot by their number.
+            raise ApiProblem(
+                429, "queued_jobs_quota_exceeded",
+                f"this tenant already has {queued} queued jobs (limit {who.quotas.max_queued_jobs}); "
+                "retry when some have started",
+                headers={"Retry-After": "30"},
+            )
         await conn.execute(job_stmt)
         await conn.execute(input_stmt)
-    # Published after the commit so a worker never sees an id it cannot read yet; if this is
-    # lost (crash, broker down) the sweeper publishes the job again from Postgres.
-    publisher.publish(str(new.id))
-    row = {
-        "id": new.id,
-        "status": JobStatus.queued.value,
-        "prompts": new.prompts,
-        "options": new.options,
-        "created_at": new.now,
-        "started_at": None,
-        "completed_at": None,
-        "attempts": 0,
-        "error_code": None,
-        "error_message": None,
-        "input_width": info.width,
-        "input_height": info.height,
-        "input_format": info.format,
-        "input_bytes": len(submission.image),
-        "result_width": None,
-        "result_height": None,
-        "result_meta": None,
+        if reservation is not None:
+            # Stored in the job's own transaction: a retry after a crash finds the job, never a second one.
+            await idempotency.complete_in(conn, reservation, job_created_response(job))
+    return job
+
+
+def job_created_response(job: JobPublic) -> web.Response:
+    return web.Response(
+        status=202, body=orjson.dumps(job.model_dump(mode="json")), content_type="application/json",
+        headers={"Location": job.urls.get},
+    )
+
+
+def _new_job_row(new: repo.NewJob, info: imaging.ImageInfo, size: int) -> dict[str, Any]:
+    return {
+        "id": new.id, "status": JobStatus.queued.value, "prompts": new.prompts, "options": new.options,
+        "created_at": new.now, "started_at": None, "completed_at": None, "attempts": 0,
+        "priority": new.priority, "error_code": None, "error_message": None,
+        "input_width": info.width, "input_height": info.height, "input_format": info.format,
+        "input_bytes": size, "result_width": None, "result_height": None, "result_meta": None,
     }
-    return to_public(row, None)
 
 
 async def get_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
-    async with engine.connect() as conn:
+    async with tenant_transaction(engine, tenant_id) as conn:
         row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
         if row is None:
             raise not_found()
@@ -211,7 +264,7 @@ async def list_jobs(
 ) -> tuple[list[JobPublic], str | None]:
     after = decode_cursor(cursor) if cursor else None
     stmt = repo.list_jobs_stmt(tenant_id, status=status, limit=limit + 1, after=after)
-    async with engine.connect() as conn:
+    async with tenant_transaction(engine, tenant_id) as conn:
         rows = list((await conn.execute(stmt)).mappings())
     # List items carry no result; fetch the job itself for its masks.
     jobs = [to_public(r, None) for r in rows[:limit]]
@@ -220,7 +273,7 @@ async def list_jobs(
 
 
 async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
-    async with engine.begin() as conn:
+    async with tenant_transaction(engine, tenant_id) as conn:
         row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
         if row is None:
             raise not_found()
@@ -243,7 +296,7 @@ async def load_masks(
     engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID, index: int | None
 ) -> list[Any]:
     """Decoded 0/1 masks of a succeeded job (one, or all in prompt order)."""
-    async with engine.connect() as conn:
+    async with tenant_transaction(engine, tenant_id) as conn:
         row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
         if row is None:
             raise not_found()
@@ -255,7 +308,7 @@ async def load_masks(
     return [masks.decode_mask(m["data"], m["height"], m["width"]) for m in mask_rows]
 
 
-async def readiness(engine: AsyncEngine, publisher: JobPublisher) -> dict[str, str]:
+async def readiness(engine: AsyncEngine, nudger: DispatchNudger) -> dict[str, str]:
     checks: dict[str, str] = {}
     try:
         async with engine.connect() as conn:
@@ -263,9 +316,5 @@ async def readiness(engine: AsyncEngine, publisher: JobPublisher) -> dict[str, s
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; the reason is for operators
         checks["database"] = f"unavailable: {type(exc).__name__}"
-    checks["queue"] = await publisher.check()
+    checks["queue"] = await nudger.check()
     return checks
-
-
-def guard_integrity(exc: IntegrityError) -> ApiProblem:
-    return ApiProblem(409, "conflict", "the request conflicts with existing data")

@@ -6,6 +6,7 @@ Every limit is a named setting; every rejection names the field and says why.
 from __future__ import annotations
 
 import binascii
+import hashlib
 from dataclasses import dataclass
 
 import orjson
@@ -21,11 +22,37 @@ from medparse.settings import Settings
 MAX_MULTIPART_PARTS = 8
 
 
+#: Priority of a job within its tenant's queue (higher first); it never overtakes other tenants.
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+
 @dataclass(frozen=True)
 class JobSubmission:
     image: bytes
     prompts: list[str]
     options: JobOptions
+    priority: int = 0
+
+    def fingerprint_parts(self) -> list[bytes | str]:
+        """What the request asks for, for Idempotency-Key matching (not the raw multipart bytes)."""
+        return [
+            hashlib.sha256(self.image).hexdigest(),
+            "\x1f".join(self.prompts),
+            self.options.model_dump_json(exclude_none=True),
+            str(self.priority),
+        ]
+
+
+def parse_priority(raw: str | int | None) -> int:
+    if raw is None or raw == "":
+        return 0
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise field_error("priority", "must be an integer") from None
+    if not MIN_PRIORITY <= value <= MAX_PRIORITY:
+        raise field_error("priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}")
+    return value
 
 
 def parse_prompts(value: str | list[str], settings: Settings) -> list[str]:
@@ -77,7 +104,10 @@ async def parse_json_submission(request: web.Request, settings: Settings) -> Job
     except ValidationError as exc:
         raise validation_problem(exc) from None
     image = decode_base64_image(parsed.image_base64)
-    return JobSubmission(image=image, prompts=parse_prompts(parsed.prompts, settings), options=parsed.options)
+    return JobSubmission(
+        image=image, prompts=parse_prompts(parsed.prompts, settings), options=parsed.options,
+        priority=parse_priority(parsed.priority),
+    )
 
 
 def decode_base64_image(text: str) -> bytes:
@@ -111,6 +141,7 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
     image: bytes | None = None
     prompts: str | None = None
     options: bytes | None = None
+    priority: str | None = None
     for _ in range(MAX_MULTIPART_PARTS):
         part = await reader.next()
         if part is None:
@@ -124,8 +155,12 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
             prompts = raw.decode("utf-8", errors="strict")
         elif part.name == "options":
             options = await _read_part(part, settings.max_options_chars, "options")
+        elif part.name == "priority":
+            priority = (await _read_part(part, 16, "priority")).decode("ascii", errors="replace")
         else:
-            raise field_error(str(part.name), "unknown form field (expected image, prompts, options)", status=400)
+            raise field_error(
+                str(part.name), "unknown form field (expected image, prompts, options, priority)", status=400
+            )
     else:
         raise ApiProblem(400, "malformed_multipart", f"more than {MAX_MULTIPART_PARTS} form fields")
     if image is None or not image:
@@ -133,7 +168,8 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
     if prompts is None:
         raise field_error("prompts", "required: '&'-separated prompts", code="missing_field")
     return JobSubmission(
-        image=image, prompts=parse_prompts(prompts, settings), options=parse_options(options, settings)
+        image=image, prompts=parse_prompts(prompts, settings), options=parse_options(options, settings),
+        priority=parse_priority(priority),
     )
 
 

@@ -62,7 +62,7 @@ def create_tenant(settings: Settings, name: str, *, reuse: bool = False) -> tupl
     from db.engine import make_sync_engine
     from db.tenants import DEFAULT_SCOPES, insert_key_stmt, insert_tenant_stmt, new_api_key, select_tenant_by_name
 
-    engine = make_sync_engine(settings)
+    engine = make_sync_engine(settings, system_scope=True)
     now = datetime.now(UTC)
     try:
         with engine.begin() as conn:

@@ -27,6 +27,15 @@ def events_socket_path(settings: Settings) -> Path:
     return (settings.data_dir / "job-events.sock").resolve()
 
 
+def dispatch_channel(settings: Settings) -> str:
+    """Nudges for the workers' dispatchers: a job was submitted or a slot freed up."""
+    return f"{settings.redis_namespace}:dispatch"
+
+
+def dispatch_socket_path(settings: Settings) -> Path:
+    return (settings.data_dir / "dispatch.sock").resolve()
+
+
 class JobEventNotifier(Protocol):
     def job_changed(self, job_id: str) -> None: ...
 

@@ -96,8 +96,46 @@ class Settings(BaseSettings):
     #: Redis redelivers unacked messages after this; it must exceed the task hard time limit.
     broker_visibility_timeout_s: float = 3600.0
     sweep_interval_s: float = 5.0
-    #: A queued job not claimed this long after it was dispatched is published again.
-    redispatch_after_s: float = 30.0
+    #: A queued job not claimed this long after it was dispatched goes back to the dispatcher.
+    redispatch_after_s: float = 60.0
+    #: Jobs published to the broker but not yet claimed, at most. Jobs wait in Postgres, not in the
+    #: broker, so a tenant's new job overtakes another tenant's backlog at the next dispatch round.
+    dispatch_window: int = 16
+    #: A dispatch round also runs this often without any nudge (a lost nudge only delays).
+    dispatch_interval_s: float = 0.5
+
+    # --- tenants: defaults that a tenant's own row may override ---------------------------------
+    #: Token bucket per tenant: sustained requests per second and the burst it may save up.
+    tenant_rate_limit_rps: float = 100.0
+    tenant_rate_limit_burst: float = 200.0
+    #: Jobs a tenant may have waiting; more submissions get 429 until some start.
+    tenant_max_queued_jobs: int = 10_000
+    #: Jobs of one tenant dispatched or running at once, so one tenant cannot take every worker.
+    tenant_max_running_jobs: int = 16
+    #: Largest image a tenant may upload (unset: max_body_bytes).
+    tenant_max_image_bytes: int | None = None
+    #: How long an ``Idempotency-Key`` and its first response are kept.
+    idempotency_ttl_s: float = 24 * 3600.0
+    #: A first request still "in flight" after this is taken to have died; a retry may take over.
+    idempotency_in_flight_s: float = 60.0
+
+    # --- webhooks (medparse/webhooks, workers/webhook_tasks.py) ---------------------------------
+    #: Connect, write and read timeout of one delivery attempt (Standard Webhooks: 15-30 s).
+    webhook_timeout_s: float = 15.0
+    #: Delays before each retry after a failed attempt (the first attempt is immediate); jittered
+    #: by +/- webhook_retry_jitter. The default is Svix's published schedule (last try after ~27.6 h).
+    webhook_retry_schedule_s: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    webhook_retry_jitter: float = 0.2
+    #: Loopback and private targets are refused (SSRF); true only for local development and tests.
+    webhook_allow_private_targets: bool = False
+    #: After a secret rotation the old secret keeps signing (a second signature) this long.
+    webhook_secret_overlap_s: float = 24 * 3600.0
+    #: How often each worker publishes due deliveries to the broker (retries wait in Postgres).
+    webhook_dispatch_interval_s: float = 1.0
+    #: Registered endpoints per tenant; each event fans out to all of them.
+    webhook_max_endpoints: int = 20
+    #: Absolute base of the links in payloads (e.g. ``https://api.example.org``); unset = paths only.
+    webhook_link_base_url: str | None = None
 
     # --- embedded default ---------------------------------------------------------------------
     emulator_port: int = 8081

@@ -10,6 +10,7 @@ from celery import Celery, signals
 from medparse.queue import celery_config
 from medparse.settings import Settings
 from workers.context import ContextHolder
+from workers.dispatcher import Dispatcher
 from workers.sweeper import SweeperThread
 from workers.tasks import register_tasks
 
@@ -17,19 +18,24 @@ log = logging.getLogger(__name__)
 
 
 def make_celery(settings: Settings, *, sweeper: bool = True) -> Celery:
+    """``sweeper=False`` (tests): no background dispatcher or sweeper threads."""
     app = Celery("medparse-worker", set_as_current=True)
     app.conf.update(celery_config(settings))
-    holder = ContextHolder(settings, app)
+    dispatcher: Dispatcher | None = None
+    holder = ContextHolder(settings, app, wake_dispatcher=lambda: dispatcher.wake() if dispatcher else None)
     register_tasks(app, holder)
     if sweeper:
+        dispatcher = Dispatcher(holder.get)
         thread = SweeperThread(holder.get, settings.sweep_interval_s)
 
         @signals.worker_ready.connect(weak=False)
-        def _start_sweeper(**_: Any) -> None:
+        def _start_background(**_: Any) -> None:
+            dispatcher.start()
             thread.start()
 
         @signals.worker_shutdown.connect(weak=False)
-        def _stop_sweeper(**_: Any) -> None:
+        def _stop_background(**_: Any) -> None:
+            dispatcher.stop()
             thread.stopped.set()
 
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -24,14 +25,17 @@ class WorkerContext:
     client: EndpointClient
     notifier: JobEventNotifier
     app: Celery
+    #: wakes this process's dispatcher (a worker slot freed up, or the sweeper returned jobs)
+    wake_dispatcher: Callable[[], None]
 
 
 class ContextHolder:
     """Builds the context lazily, once per process id, so a forked child never reuses sockets."""
 
-    def __init__(self, settings: Settings, app: Celery) -> None:
+    def __init__(self, settings: Settings, app: Celery, wake_dispatcher: Callable[[], None] = lambda: None) -> None:
         self._settings = settings
         self._app = app
+        self._wake_dispatcher = wake_dispatcher
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._context: WorkerContext | None = None
@@ -42,7 +46,7 @@ class ContextHolder:
                 settings = self._settings
                 self._context = WorkerContext(
                     settings=settings,
-                    engine=make_sync_engine(settings),
+                    engine=make_sync_engine(settings, system_scope=True),
                     client=EndpointClient(settings, limiter=make_in_flight_limiter(
                         settings,
                         redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
@@ -50,6 +54,7 @@ class ContextHolder:
                     )),
                     notifier=make_notifier(settings),
                     app=self._app,
+                    wake_dispatcher=self._wake_dispatcher,
                 )
                 self._pid = os.getpid()
             return self._context

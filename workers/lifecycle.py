@@ -65,6 +65,9 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation) -> bool:
         claimed.job_id, JobStatus.running, JobStatus.succeeded, now=now, attempt=claimed.attempt,
         completed_at=now, lease_expires_at=None, result_width=result.width, result_height=result.height,
         result_meta=result.provenance, error_code=None, error_message=None,
+        **repo.add_endpoint_usage_values(
+            result.provenance["endpoint_http_attempts"], result.provenance["endpoint_seconds"]
+        ),
     )
     try:
         with engine.begin() as conn:
@@ -77,11 +80,14 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation) -> bool:
     return True
 
 
-def fail(engine: Engine, claimed: Claim, code: str, message: str) -> bool:
+def fail(
+    engine: Engine, claimed: Claim, code: str, message: str, *, endpoint_calls: int = 0, endpoint_seconds: float = 0.0
+) -> bool:
     now = utcnow()
     stmt = repo.transition_stmt(
         claimed.job_id, JobStatus.running, JobStatus.failed, now=now, attempt=claimed.attempt,
         completed_at=now, lease_expires_at=None, error_code=code, error_message=message[:2000],
+        **repo.add_endpoint_usage_values(endpoint_calls, endpoint_seconds),
     )
     try:
         with engine.begin() as conn:

@@ -1,8 +1,8 @@
 """The sweeper: Postgres is the truth, the broker only a hint; this closes the gap between them.
 
 Every ``sweep_interval_s`` it
-- publishes ``queued`` jobs whose last publish is older than ``redispatch_after_s`` (a lost
-  message, a flushed Redis, a gateway killed between commit and publish);
+- hands ``queued`` jobs published longer than ``redispatch_after_s`` ago back to the fair
+  dispatcher (a lost message, a flushed or restarted Redis);
 - takes back ``running`` jobs whose lease expired (a killed worker): re-queued while attempts
   remain, else ``failed`` with ``attempts_exhausted`` so a poison job cannot loop forever.
 Several workers may sweep at once: each change is a compare-and-set, so they never double up.
@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from db import jobs as repo
+from db.idempotency import purge_expired_stmt
 from db.status import JobStatus
-from medparse.queue import SEGMENT_TASK
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -56,23 +56,26 @@ def _take_back_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -
         ctx.notifier.job_changed(str(job_id))
 
 
-def _republish_stale(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
+def _return_stale_to_dispatcher(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
     before = now - timedelta(seconds=ctx.settings.redispatch_after_s)
     with ctx.engine.begin() as conn:
-        stale = list(conn.execute(repo.stale_queued_stmt(dispatched_before=before, limit=BATCH)))
-    for job_id, _attempts, previous in stale:
-        with ctx.engine.begin() as conn:
-            if conn.execute(repo.mark_dispatched_stmt(job_id, previous=previous, now=now)).rowcount != 1:
-                continue
-        ctx.app.send_task(SEGMENT_TASK, args=[str(job_id)], task_id=str(job_id))
-        report.republished.append(str(job_id))
+        returned = conn.execute(repo.undispatch_stale_stmt(dispatched_before=before)).scalars()
+        report.republished.extend(str(job_id) for job_id in returned)
+
+
+def _purge_idempotency_keys(ctx: WorkerContext, now: datetime) -> None:
+    with ctx.engine.begin() as conn:
+        conn.execute(purge_expired_stmt(created_before=now - timedelta(seconds=ctx.settings.idempotency_ttl_s)))
 
 
 def sweep_once(ctx: WorkerContext) -> SweepReport:
     report = SweepReport()
     now = datetime.now(UTC)
     _take_back_expired(ctx, now, report)
-    _republish_stale(ctx, now, report)
+    _return_stale_to_dispatcher(ctx, now, report)
+    _purge_idempotency_keys(ctx, now)
+    if report.requeued or report.republished:
+        ctx.wake_dispatcher()
     if report.republished or report.requeued or report.exhausted:
         log.info(
             "sweep: republished %d, requeued %d, exhausted %d",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from celery import Celery
@@ -33,6 +34,7 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
         return "skipped"
     ctx.notifier.job_changed(job_id_text)
     outcome = "failed"
+    started = time.monotonic()
     with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):
         try:
             result = segment(claimed.image, claimed.prompts, settings=settings, client=ctx.client, job_id=job_id_text)
@@ -41,7 +43,10 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
             lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)
         except EndpointError as exc:
             log.warning("job %s attempt %d: endpoint error %s", job_id, claimed.attempt, exc.code)
-            lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)
+            lifecycle.fail(
+                ctx.engine, claimed, exc.code, exc.message,
+                endpoint_calls=exc.attempts, endpoint_seconds=time.monotonic() - started,
+            )
         except SoftTimeLimitExceeded:
             lifecycle.fail(ctx.engine, claimed, "timeout", "the job exceeded its processing time limit")
         except Exception:
@@ -49,6 +54,7 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
             message = "the worker hit an unexpected error; resubmit the job"
             lifecycle.fail(ctx.engine, claimed, "internal_error", message)
     ctx.notifier.job_changed(job_id_text)
+    ctx.wake_dispatcher()  # this worker slot is free: the next fair batch may go out
     log.info("job %s attempt %d: %s", job_id, claimed.attempt, outcome)
     return outcome
 

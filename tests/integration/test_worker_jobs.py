@@ -27,6 +27,7 @@ from tests.factories import new_tenant, organ_image
 from tests.support.emulator_server import running_emulator
 from workers.celery_app import make_celery
 from workers.context import ContextHolder, WorkerContext
+from workers.dispatcher import dispatch_round
 from workers.sweeper import sweep_once
 from workers.tasks import run_job
 
@@ -133,23 +134,27 @@ def test_the_sweeper_requeues_an_expired_lease_then_gives_up_after_max_attempts(
             assert conn.execute(repo.claim_stmt(job_id, now=past, lease_until=past)).scalar_one() == attempt
         report = sweep_once(ctx)
         if attempt < ctx.settings.job_max_attempts:
-            assert str(job_id) in report.requeued and str(job_id) in report.republished
-            assert job_row(ctx, job_id)["status"] == "queued"
+            assert str(job_id) in report.requeued
+            row = job_row(ctx, job_id)
+            assert row["status"] == "queued" and row["dispatched_at"] is None  # back with the dispatcher
     assert str(job_id) in report.exhausted
     row = job_row(ctx, job_id)
     assert row["status"] == "failed" and row["error_code"] == "attempts_exhausted"
 
 
-def test_the_sweeper_republishes_a_job_whose_publish_was_lost(ctx: WorkerContext) -> None:
+def test_a_job_whose_message_was_lost_is_dispatched_again(ctx: WorkerContext) -> None:
     job_id = new_job(ctx)
-    with ctx.engine.begin() as conn:  # as if the gateway died between commit and publish
-        conn.execute(update(Job).where(Job.id == job_id).values(dispatched_at=datetime.now(UTC) - timedelta(hours=1)))
     queue_key = f"{ctx.settings.redis_namespace}:segmentation"
     client = redis.Redis.from_url(REDIS_URL)
-    before = client.llen(queue_key)
-    report = sweep_once(ctx)
-    assert report.republished == [str(job_id)]
-    assert client.llen(queue_key) == before + 1
-    # A second sweeper right after finds nothing stale: the dispatched_at compare-and-set held.
+    assert dispatch_round(ctx) == [str(job_id)]
+    assert client.llen(queue_key) == 1
+    client.delete(queue_key)  # the broker loses the message (e.g. Redis flushed)
+    assert dispatch_round(ctx) == []  # still counted as in the broker until the sweeper says otherwise
+    with ctx.engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id == job_id).values(dispatched_at=datetime.now(UTC) - timedelta(hours=1)))
+    assert sweep_once(ctx).republished == [str(job_id)]
+    # A second sweeper right after finds nothing stale: the update is a compare-and-set.
     assert sweep_once(ctx).republished == []
+    assert dispatch_round(ctx) == [str(job_id)]
+    assert client.llen(queue_key) == 1
     client.close()

@@ -1,0 +1,505 @@
+"""Endpoint utilisation: do several worker processes keep an emulated deployment's capacity busy?
+
+Run with ``.venv/bin/python bench/utilisation.py`` (about 1-2 minutes; ``--help`` for knobs).
+
+What it does, all on 127.0.0.1:
+- creates a throwaway database ``medparse_bench_<random>`` (migrated; dropped at the end, also on
+  failure), a tenant and an API key, and picks a random Redis namespace whose keys are deleted at the end;
+- starts the endpoint emulator (``--max-concurrent 8 --instances 1 --latency-ms 500``: 8 requests on
+  the "GPU" at once, up to 16 pending, 429 beyond) and the gateway, as subprocesses;
+- phase ``capped``: submits a backlog of ``--jobs`` small jobs (256x256 gray PNG, 2 prompts) through
+  ``POST /v1/jobs`` with no worker running, then starts ``--workers`` ``medparse worker`` processes
+  (``--concurrency`` threads each) with the real global cap (8 x 1) and lets them drain the backlog;
+- phase ``uncapped`` (the baseline, same run): the same with a smaller backlog and
+  ``MEDPARSE_ENDPOINT_MAX_CONCURRENT_PER_INSTANCE=64``, so the workers send as many requests as they have
+  threads and the deployment answers 429 to the excess;
+- measures, per phase, the completion rate over the steady-state window (from the jobs' ``completed_at``
+  in Postgres, the first ``HEAD_S`` and last ``TAIL_S`` seconds of completions left out), the emulator's
+  ``/_emulator/stats`` (status counts, max in flight), its model occupancy sampled every
+  ``SAMPLE_S`` (``on_gpu`` / capacity), HTTP attempts per job (retries), and CPU use of the machine and of
+  each process, so a miss can be traced to CPU saturation or to slot hand-off.
+
+Target (capped phase): completion rate >= 0.95 x capacity / latency (8 / 0.5 s = 16 jobs/s), zero 429s,
+every job succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import cv2  # noqa: E402
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+PROMPTS = "liver & kidney"
+CAPACITY = 8
+LATENCY_MS = 500.0
+TARGET_RATIO = 0.95
+#: Steady-state window: completions in the first HEAD_S and last TAIL_S seconds are left out.
+HEAD_S, TAIL_S = 3.0, 2.0
+SAMPLE_S = 0.25
+START_TIMEOUT_S = 30.0
+TERMINAL = ("succeeded", "failed", "canceled")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPARSE_")}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "medparse.cli", *args], env=env, cwd=REPO,
+            stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    finally:
+        handle.close()
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = START_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} came up")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up in {seconds} s")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (all its threads), in clock ticks; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def pids_named(name: str, cmdline_has: str = "") -> list[int]:
+    """Processes whose comm is ``name`` (and whose command line contains ``cmdline_has``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if entry.joinpath("comm").read_text().strip() != name:
+                    continue
+                if cmdline_has and cmdline_has not in entry.joinpath("cmdline").read_text(errors="replace"):
+                    continue
+                pids.append(int(entry.name))
+    return pids
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return total - idle, total
+
+
+# --- the job --------------------------------------------------------------------------------------
+
+def small_png(seed: int, n: int = 256) -> bytes:
+    """A 256x256 gray CT-like slice (body ellipse, two organs, noise)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((n, n), 20, np.uint8)
+    cv2.ellipse(img, (n // 2, n // 2), (int(n * 0.42), int(n * 0.32)), 0, 0, 360, 90, -1)
+    cv2.ellipse(img, (n // 2 - n // 8, n // 2), (n // 6, n // 8), 0, 0, 360, 200, -1)
+    cv2.ellipse(img, (n // 2 + n // 5, n // 2 + n // 12), (n // 14, n // 10), 0, 0, 360, 160, -1)
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    ok, png = cv2.imencode(".png", img)
+    assert ok
+    return png.tobytes()
+
+
+def submit_backlog(base: str, api_key: str, count: int, deadline_s: float = 60.0) -> list[str]:
+    images = [small_png(seed) for seed in range(8)]
+    headers = {"Authorization": f"Bearer {api_key}"}
+    deadline = time.monotonic() + deadline_s
+    with httpx.Client(base_url=base, headers=headers, timeout=30.0,
+                      limits=httpx.Limits(max_connections=8)) as http:
+        def one(index: int) -> str:
+            if time.monotonic() > deadline:
+                raise RuntimeError("submitting the backlog took too long")
+            resp = http.post("/v1/jobs", files={"image": ("scan.png", images[index % len(images)], "image/png")},
+                             data={"prompts": PROMPTS})
+            if resp.status_code != 202:
+                raise RuntimeError(f"submit answered {resp.status_code}: {resp.text[:300]}")
+            return str(resp.json()["id"])
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, range(count)))
+
+
+# --- one phase ------------------------------------------------------------------------------------
+
+@dataclass
+class Phase:
+    name: str
+    jobs: int
+    per_instance: int
+    submit_s: float = 0.0
+    drained: bool = False
+    wall_s: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    rate: float = 0.0
+    window: tuple[float, float] = (0.0, 0.0)
+    window_jobs: int = 0
+    overall_rate: float = 0.0
+    retries: int = 0
+    attempts_max: int = 0
+    job_s_median: float = 0.0
+    endpoint_s_median: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    gpu_mean: float = 0.0
+    in_flight_mean: float = 0.0
+    machine_cpu: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def count_429(self) -> int:
+        return int(self.stats.get("status_counts", {}).get("429", 0))
+
+
+@dataclass
+class Sample:
+    t: float
+    on_gpu: int
+    in_flight: int
+    busy: int
+    total: int
+    proc_ticks: dict[str, int]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.db_name = f"medparse_bench_{uuid.uuid4().hex[:12]}"
+        self.namespace = f"mpbench-{uuid.uuid4().hex[:10]}"
+        self.db_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db_name}"
+        self.emulator_key = secrets.token_urlsafe(16)
+        self.emulator_url = ""
+        self.gateway_url = ""
+        self.api_key = ""
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    # setup / teardown
+    def create_db(self) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.db_name}"')
+
+    def drop_db(self) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+
+    def clean_redis(self) -> int:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            deleted = 0
+            keys = list(client.scan_iter(match=f"{self.namespace}*", count=1000))
+            for i in range(0, len(keys), 500):
+                deleted += int(client.delete(*keys[i:i + 500]))
+            return deleted
+        finally:
+            client.close()
+
+    def service_env(self, **extra: str) -> dict[str, str]:
+        return base_env(
+            MEDPARSE_DATA_DIR=str(self.tmp / "var"),
+            MEDPARSE_DATABASE_URL=self.db_url,
+            MEDPARSE_REDIS_URL=REDIS_URL,
+            MEDPARSE_REDIS_NAMESPACE=self.namespace,
+            MEDPARSE_ENDPOINT_SCORING_URI=f"{self.emulator_url}/score",
+            MEDPARSE_ENDPOINT_KEY=self.emulator_key,
+            MEDPARSE_LOG_LEVEL="WARNING",
+            **extra,
+        )
+
+    def setup(self) -> None:
+        from medparse.cli import create_tenant
+        from medparse.migrate import upgrade
+        from medparse.settings import Settings
+
+        self.create_db()
+        settings = Settings(database_url=self.db_url, redis_url=REDIS_URL, redis_namespace=self.namespace,
+                            data_dir=self.tmp / "var")
+        upgrade(settings)
+        _, self.api_key = create_tenant(settings, f"bench-{uuid.uuid4().hex[:8]}")
+
+        port = free_port()
+        self.procs["emulator"] = start(
+            ["emulator", "--port", str(port), "--latency-ms", f"{LATENCY_MS:g}",
+             "--max-concurrent", str(CAPACITY), "--instances", "1"],
+            base_env(MEDPARSE_EMULATOR_KEY=self.emulator_key), self.tmp / "emulator.log",
+        )
+        self.emulator_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.emulator_url}/", self.procs["emulator"])
+
+        port = free_port()
+        self.procs["gateway"] = start(["serve"], self.service_env(MEDPARSE_PORT=str(port)), self.tmp / "gateway.log")
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.gateway_url}/healthz", self.procs["gateway"])
+
+    def teardown(self) -> None:
+        for proc in self.procs.values():
+            with contextlib.suppress(Exception):
+                stop(proc)
+
+    # emulator admin
+    def emulator(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        resp = httpx.request(method, f"{self.emulator_url}{path}", timeout=5.0,
+                             headers={"Authorization": f"Bearer {self.emulator_key}"}, **kwargs)
+        resp.raise_for_status()
+        return dict(resp.json())
+
+    # one phase
+    def run_phase(self, phase: Phase, max_s: float) -> Phase:
+        self.emulator("POST", "/_emulator/config", json={"reset_stats": True})
+        t = time.monotonic()
+        ids = submit_backlog(self.gateway_url, self.api_key, phase.jobs)
+        phase.submit_s = time.monotonic() - t
+
+        env = self.service_env(
+            MEDPARSE_ENDPOINT_MAX_CONCURRENT_PER_INSTANCE=str(phase.per_instance),
+            MEDPARSE_ENDPOINT_INSTANCE_COUNT="1",
+        )
+        workers = []
+        for i in range(self.args.workers):
+            name = f"{phase.name}-worker{i}"
+            proc = start(["worker", "--concurrency", str(self.args.concurrency)], env, self.tmp / f"{name}.log")
+            self.procs[name] = proc
+            workers.append((name, proc))
+        watched = {"emulator": self.procs["emulator"].pid, "gateway": self.procs["gateway"].pid,
+                   **{name: proc.pid for name, proc in workers}}
+        servers = {"postgres": pids_named("postgres"), "redis": pids_named("redis-server")}
+
+        samples: list[Sample] = []
+        started = time.monotonic()
+        deadline = started + max_s
+        with psycopg.connect(self.sync_conninfo(), autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                stats = self.emulator("GET", "/_emulator/stats")
+                busy, total = machine_ticks()
+                ticks = {name: cpu_ticks(pid) for name, pid in watched.items()}
+                for name, pids in servers.items():
+                    ticks[name] = sum(cpu_ticks(pid) for pid in pids)
+                samples.append(Sample(time.time(), int(stats["on_gpu"]), int(stats["in_flight"]), busy, total, ticks))
+                done = conn.execute(
+                    "SELECT count(*) FROM jobs WHERE id = ANY(%s) AND status = ANY(%s)",
+                    (ids, list(TERMINAL)),
+                ).fetchone()[0]
+                if done >= len(ids):
+                    phase.drained = True
+                    break
+                if any(proc.poll() is not None for _, proc in workers):
+                    raise RuntimeError(f"a worker exited early; see logs in {self.tmp}")
+                time.sleep(SAMPLE_S)
+            phase.wall_s = time.monotonic() - started
+            rows = conn.execute(
+                "SELECT status, extract(epoch FROM started_at), extract(epoch FROM completed_at), attempts,"
+                " result_meta, error_code FROM jobs WHERE id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+        phase.stats = self.emulator("GET", "/_emulator/stats")
+        phase.stats.pop("client_request_ids", None)
+        for name, proc in workers:
+            stop(proc)
+            del self.procs[name]
+        self.analyse(phase, rows, samples)
+        return phase
+
+    def sync_conninfo(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:5432/{self.db_name}"
+
+    @staticmethod
+    def analyse(phase: Phase, rows: list[tuple[Any, ...]], samples: list[Sample]) -> None:
+        statuses: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        done: list[float] = []
+        job_s: list[float] = []
+        endpoint_s: list[float] = []
+        for status, started_at, completed_at, _attempts, meta, error_code in rows:
+            statuses[status] = statuses.get(status, 0) + 1
+            if error_code:
+                errors[error_code] = errors.get(error_code, 0) + 1
+            if status == "succeeded" and completed_at is not None:
+                done.append(float(completed_at))
+                if started_at is not None:
+                    job_s.append(float(completed_at) - float(started_at))
+            if meta:
+                http_attempts = int(meta.get("endpoint_http_attempts") or 1)
+                phase.retries += http_attempts - 1
+                phase.attempts_max = max(phase.attempts_max, http_attempts)
+                if meta.get("endpoint_seconds") is not None:
+                    endpoint_s.append(float(meta["endpoint_seconds"]))
+        phase.statuses, phase.errors = statuses, errors
+        phase.job_s_median = statistics.median(job_s) if job_s else 0.0
+        phase.endpoint_s_median = statistics.median(endpoint_s) if endpoint_s else 0.0
+        done.sort()
+        if len(done) < 3:
+            return
+        phase.overall_rate = (len(done) - 1) / max(1e-9, done[-1] - done[0])
+        lo, hi = done[0] + HEAD_S, done[-1] - TAIL_S
+        inside = [t for t in done if lo <= t <= hi]
+        if hi - lo < 3.0 or len(inside) < 10:
+            # Too short for fixed margins: fall back to the middle 60 % of completions.
+            inside = done[len(done) // 5: len(done) * 4 // 5]
+        phase.window = (inside[0] - done[0], inside[-1] - done[0])
+        phase.window_jobs = len(inside)
+        phase.rate = (len(inside) - 1) / max(1e-9, inside[-1] - inside[0])
+        in_window = [s for s in samples if inside[0] <= s.t <= inside[-1]]
+        if len(in_window) >= 2:
+            phase.gpu_mean = statistics.mean(s.on_gpu for s in in_window) / CAPACITY
+            phase.in_flight_mean = statistics.mean(s.in_flight for s in in_window)
+            first, last = in_window[0], in_window[-1]
+            total = last.total - first.total
+            cores = os.cpu_count() or 1
+            phase.machine_cpu = (last.busy - first.busy) / max(1, total)
+            seconds = last.t - first.t
+            for name in last.proc_ticks:
+                used = last.proc_ticks[name] - first.proc_ticks.get(name, 0)
+                phase.cpu[name] = used / TICK / max(1e-9, seconds)
+            phase.cpu["_cores"] = float(cores)
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def report(phases: list[Phase], args: argparse.Namespace) -> bool:
+    ideal = CAPACITY / (LATENCY_MS / 1000.0)
+    print(f"emulator capacity {CAPACITY} x latency {LATENCY_MS:.0f} ms -> ideal {ideal:.1f} jobs/s; "
+          f"{args.workers} worker processes x {args.concurrency} threads; {os.cpu_count()} cores")
+    print()
+    head = (f"{'phase':9} {'cap':>4} {'jobs':>5} {'ok':>5} {'failed':>6} {'jobs/s':>7} {'ratio':>6} "
+            f"{'overall/s':>9} {'429s':>5} {'retries':>7} {'max_in_flight':>13} {'gpu busy':>8} "
+            f"{'cpu':>5} {'job s p50':>9} {'endpoint s p50':>14}")
+    print(head)
+    for p in phases:
+        cap = CAPACITY if p.per_instance == CAPACITY else p.per_instance
+        print(f"{p.name:9} {cap:>4} {p.jobs:>5} {p.statuses.get('succeeded', 0):>5} "
+              f"{p.statuses.get('failed', 0):>6} {p.rate:7.2f} {p.rate / ideal:6.3f} {p.overall_rate:9.2f} "
+              f"{p.count_429:>5} {p.retries:>7} {p.stats.get('max_in_flight', 0):>13} {p.gpu_mean:8.1%} "
+              f"{p.machine_cpu:5.0%} {p.job_s_median:9.2f} {p.endpoint_s_median:14.2f}")
+    print()
+    for p in phases:
+        start, end = p.window
+        print(f"{p.name}: submit {p.jobs} jobs {p.submit_s:.1f} s; drained={p.drained} in {p.wall_s:.1f} s; "
+              f"steady window {start:.1f}-{end:.1f} s after first completion ({p.window_jobs} jobs); "
+              f"emulator statuses {p.stats.get('status_counts')}; requests {p.stats.get('requests_total')}; "
+              f"mean in_flight {p.in_flight_mean:.1f}; max http attempts/job {p.attempts_max}"
+              + (f"; errors {p.errors}" if p.errors else ""))
+        cpu = {k: v for k, v in p.cpu.items() if not k.startswith("_")}
+        if cpu:
+            print("  cpu in window (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    capped = phases[0]
+    ok_rate = capped.rate / ideal >= TARGET_RATIO
+    ok_429 = capped.count_429 == 0
+    ok_jobs = capped.drained and capped.statuses.get("succeeded", 0) == capped.jobs
+    print()
+    print(f"capped: {capped.rate:.2f} jobs/s = {capped.rate / ideal:.3f} x {ideal:.0f}/s "
+          f"(>= {TARGET_RATIO}): {'PASS' if ok_rate else 'FAIL'}; "
+          f"429s {capped.count_429} (== 0): {'PASS' if ok_429 else 'FAIL'}; "
+          f"succeeded {capped.statuses.get('succeeded', 0)}/{capped.jobs}: {'PASS' if ok_jobs else 'FAIL'}")
+    if len(phases) > 1:
+        base = phases[1]
+        print(f"uncapped baseline: {base.rate:.2f} jobs/s ({base.rate / ideal:.3f}), 429s {base.count_429}, "
+              f"retries {base.retries}, succeeded {base.statuses.get('succeeded', 0)}/{base.jobs}")
+    verdict = ok_rate and ok_429 and ok_jobs
+    print(f"overall: {'PASS' if verdict else 'FAIL'}")
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=400, help="backlog of the capped phase")
+    parser.add_argument("--baseline-jobs", type=int, default=150, help="backlog of the uncapped phase (0 skips it)")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--baseline-per-instance", type=int, default=64)
+    parser.add_argument("--max-phase-s", type=float, default=90.0, help="bound on one phase's drain")
+    parser.add_argument("--keep-logs", action="store_true")
+    args = parser.parse_args(argv)
+    if not (1 <= args.jobs <= 5000 and 0 <= args.baseline_jobs <= 5000 and 1 <= args.workers <= 8):
+        parser.error("jobs in 1..5000, baseline-jobs in 0..5000, workers in 1..8")
+
+    tmp = Path(tempfile.mkdtemp(prefix="medparse-util-"))
+    bench = Bench(args, tmp)
+    verdict = False
+    try:
+        bench.setup()
+        phases = [bench.run_phase(Phase("capped", args.jobs, CAPACITY), args.max_phase_s)]
+        if args.baseline_jobs:
+            phases.append(bench.run_phase(
+                Phase("uncapped", args.baseline_jobs, args.baseline_per_instance), args.max_phase_s))
+        verdict = report(phases, args)
+    finally:
+        bench.teardown()
+        with contextlib.suppress(Exception):
+            bench.drop_db()
+        with contextlib.suppress(Exception):
+            bench.clean_redis()
+        if args.keep_logs or not verdict:
+            print(f"logs kept in {tmp}")
+        else:
+            for path in tmp.rglob("*"):
+                if path.is_file():
+                    path.unlink()
+            for path in sorted(tmp.rglob("*"), reverse=True):
+                path.rmdir()
+            tmp.rmdir()
+    return 0 if verdict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Statements over ``idempotency_keys`` (scoped by tenant; nothing here commits)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from db.models import IdempotencyKey
+
+IN_FLIGHT = "in_flight"
+DONE = "done"
+
+
+def reserve_stmt(
+    dialect: str, tenant_id: uuid.UUID, key: str, fingerprint: str, *, now: datetime, locked_until: datetime
+) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING key: a row back means this request owns the key."""
+    insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert_for(IdempotencyKey)
+        .values(
+            tenant_id=tenant_id, key=key, fingerprint=fingerprint, state=IN_FLIGHT, created_at=now,
+            locked_until=locked_until,
+        )
+        .on_conflict_do_nothing()
+        .returning(IdempotencyKey.key)
+    )
+
+
+def select_stmt(tenant_id: uuid.UUID, key: str) -> Select[Any]:
+    return select(IdempotencyKey).where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
+
+
+def take_over_stmt(
+    tenant_id: uuid.UUID, key: str, *, previous_lock: datetime, now: datetime, locked_until: datetime
+) -> Any:
+    """Take an abandoned in-flight record, compare-and-set on its lock so only one retry wins."""
+    return (
+        update(IdempotencyKey)
+        .where(
+            IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key,
+            IdempotencyKey.state == IN_FLIGHT, IdempotencyKey.locked_until == previous_lock,
+        )
+        .values(locked_until=locked_until, created_at=now)
+    )
+
+
+def complete_stmt(
+    tenant_id: uuid.UUID, key: str, *, status: int, headers: dict[str, str], body: bytes
+) -> Any:
+    return (
+        update(IdempotencyKey)
+        .where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key, IdempotencyKey.state == IN_FLIGHT)
+        .values(state=DONE, response_status=status, response_headers=headers, response_body=body)
+    )
+
+
+def release_stmt(tenant_id: uuid.UUID, key: str) -> Any:
+    return delete(IdempotencyKey).where(
+        IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key, IdempotencyKey.state == IN_FLIGHT
+    )
+
+
+def delete_expired_stmt(tenant_id: uuid.UUID, key: str, *, created_before: datetime) -> Any:
+    return delete(IdempotencyKey).where(
+        IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key,
+        IdempotencyKey.created_at < created_before,
+    )
+
+
+def purge_expired_stmt(*, created_before: datetime) -> Any:
+    return delete(IdempotencyKey).where(IdempotencyKey.created_at < created_before)

@@ -1,0 +1,313 @@
+"""Webhook repository: statements over ``webhook_endpoints``, ``webhook_tenant_secrets``,
+``job_webhooks``, ``webhook_deliveries`` and ``webhook_attempts``.
+
+Like ``db.jobs``, nothing here commits: callers run the statements in their own transaction.
+Every statement reached from the API takes a ``tenant_id``; the worker-side ones act on ids the
+system handed out. Delivery state changes are compare-and-set on ``status`` and ``attempts``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Insert, Select, Update, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from db.models import (
+    Job,
+    JobWebhook,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookTenantSecret,
+)
+
+#: ``target`` of a delivery to the job's own ``webhook_url`` (else the endpoint id).
+JOB_TARGET = "job"
+
+PENDING, SENDING, SUCCEEDED, FAILED = "pending", "sending", "succeeded", "failed"
+DELIVERY_STATUSES = (PENDING, SENDING, SUCCEEDED, FAILED)
+
+ENDPOINT_COLUMNS = [
+    WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.description, WebhookEndpoint.event_types,
+    WebhookEndpoint.disabled_at, WebhookEndpoint.disabled_reason, WebhookEndpoint.created_at,
+    WebhookEndpoint.updated_at,
+]
+DELIVERY_COLUMNS = [c for c in WebhookDelivery.__table__.c if c.name != "payload"]
+
+
+def insert_ignoring_duplicates(table: Any, dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the two dialects we run on."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+# --- endpoints -------------------------------------------------------------------------------
+
+def insert_endpoint_stmt(**values: Any) -> Insert:
+    return insert(WebhookEndpoint).values(**values)
+
+
+def select_endpoints(tenant_id: uuid.UUID) -> Select[Any]:
+    return (
+        select(*ENDPOINT_COLUMNS)
+        .where(WebhookEndpoint.tenant_id == tenant_id)
+        .order_by(WebhookEndpoint.created_at, WebhookEndpoint.id)
+    )
+
+
+def count_endpoints(tenant_id: uuid.UUID) -> Select[Any]:
+    return select(func.count()).select_from(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id)
+
+
+def select_endpoint(tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> Select[Any]:
+    return select(*ENDPOINT_COLUMNS).where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant_id)
+
+
+def select_endpoint_secret(tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> Select[Any]:
+    return select(WebhookEndpoint.secret).where(
+        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant_id
+    )
+
+
+def update_endpoint_stmt(tenant_id: uuid.UUID, endpoint_id: uuid.UUID, **values: Any) -> Update:
+    return (
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant_id)
+        .values(**values)
+    )
+
+
+def delete_endpoint_stmt(tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> Any:
+    return delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant_id)
+
+
+def rotate_endpoint_secret_stmt(
+    tenant_id: uuid.UUID, endpoint_id: uuid.UUID, new_secret: str, *, now: datetime, overlap_until: datetime
+) -> Update:
+    # SET evaluates every right-hand side against the old row, so previous_secret gets the old secret.
+    return update_endpoint_stmt(
+        tenant_id, endpoint_id, previous_secret=WebhookEndpoint.secret, secret=new_secret,
+        previous_secret_expires_at=overlap_until, updated_at=now,
+    )
+
+
+def enabled_endpoints_for_tenant(tenant_id: uuid.UUID) -> Select[Any]:
+    return select(WebhookEndpoint.id, WebhookEndpoint.event_types).where(
+        WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.disabled_at.is_(None)
+    )
+
+
+def select_endpoint_for_send(endpoint_id: uuid.UUID) -> Select[Any]:
+    return select(
+        WebhookEndpoint.url, WebhookEndpoint.secret, WebhookEndpoint.previous_secret,
+        WebhookEndpoint.previous_secret_expires_at, WebhookEndpoint.disabled_at,
+    ).where(WebhookEndpoint.id == endpoint_id)
+
+
+def disable_endpoint_stmt(endpoint_id: uuid.UUID, *, now: datetime, reason: str) -> Update:
+    return (
+        update(WebhookEndpoint)
+        .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.disabled_at.is_(None))
+        .values(disabled_at=now, disabled_reason=reason, updated_at=now)
+    )
+
+
+# --- the tenant's default secret ---------------------------------------------------------------
+
+def ensure_tenant_secret_stmt(dialect: str, tenant_id: uuid.UUID, secret: str, now: datetime) -> Insert:
+    """Creates the default secret on first use; a concurrent first use keeps the other's."""
+    return insert_ignoring_duplicates(WebhookTenantSecret, dialect).values(
+        tenant_id=tenant_id, secret=secret, created_at=now, updated_at=now
+    )
+
+
+def select_tenant_secret(tenant_id: uuid.UUID) -> Select[Any]:
+    return select(
+        WebhookTenantSecret.secret, WebhookTenantSecret.previous_secret, WebhookTenantSecret.previous_secret_expires_at
+    ).where(WebhookTenantSecret.tenant_id == tenant_id)
+
+
+def rotate_tenant_secret_stmt(tenant_id: uuid.UUID, new_secret: str, *, now: datetime, overlap_until: datetime) -> Update:
+    return (
+        update(WebhookTenantSecret)
+        .where(WebhookTenantSecret.tenant_id == tenant_id)
+        .values(
+            previous_secret=WebhookTenantSecret.secret, secret=new_secret,
+            previous_secret_expires_at=overlap_until, updated_at=now,
+        )
+    )
+
+
+# --- per-job webhook URL -----------------------------------------------------------------------
+
+def insert_job_webhook_stmt(job_id: uuid.UUID, url: str, event_types: list[str]) -> Insert:
+    return insert(JobWebhook).values(job_id=job_id, url=url, event_types=event_types)
+
+
+def select_job_with_webhook(job_id: uuid.UUID) -> Select[Any]:
+    """The job row (for the payload) and its own webhook, if any, in one round trip."""
+    return (
+        select(
+            *[c for c in Job.__table__.c],
+            JobWebhook.url.label("webhook_url"),
+            JobWebhook.event_types.label("webhook_events"),
+            JobWebhook.disabled_at.label("webhook_disabled_at"),
+        )
+        .outerjoin(JobWebhook, JobWebhook.job_id == Job.id)
+        .where(Job.id == job_id)
+    )
+
+
+def select_job_webhook_for_send(job_id: uuid.UUID) -> Select[Any]:
+    return select(JobWebhook.url, JobWebhook.disabled_at).where(JobWebhook.job_id == job_id)
+
+
+def disable_job_webhook_stmt(job_id: uuid.UUID, *, now: datetime) -> Update:
+    return update(JobWebhook).where(JobWebhook.job_id == job_id, JobWebhook.disabled_at.is_(None)).values(
+        disabled_at=now
+    )
+
+
+# --- deliveries ----------------------------------------------------------------------------------
+
+def insert_deliveries_stmt(dialect: str, rows: list[dict[str, Any]]) -> Insert:
+    """The outbox rows of one job event; the (job_id, event_type, target) constraint makes a
+    repeated event (a second claim after a lost lease) a no-op instead of a second delivery."""
+    return insert_ignoring_duplicates(WebhookDelivery, dialect).values(rows)
+
+
+def _due(now: datetime) -> Any:
+    return or_(
+        and_(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now),
+        # The task that was sending died (kill -9, lost worker): its lease ran out.
+        and_(WebhookDelivery.status == SENDING, WebhookDelivery.claimed_until < now),
+    )
+
+
+def _not_recently_dispatched(dispatched_before: datetime) -> Any:
+    return or_(WebhookDelivery.dispatched_at.is_(None), WebhookDelivery.dispatched_at < dispatched_before)
+
+
+def due_deliveries_stmt(*, now: datetime, dispatched_before: datetime, limit: int) -> Select[Any]:
+    return (
+        select(WebhookDelivery.id)
+        .where(_due(now), _not_recently_dispatched(dispatched_before))
+        .order_by(WebhookDelivery.next_attempt_at)
+        .limit(limit)
+    )
+
+
+def mark_dispatched_stmt(delivery_id: uuid.UUID, *, now: datetime, dispatched_before: datetime) -> Update:
+    """Compare-and-set, so two workers' dispatchers do not both publish the same delivery."""
+    return (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, _due(now), _not_recently_dispatched(dispatched_before))
+        .values(dispatched_at=now)
+    )
+
+
+def claim_delivery_stmt(delivery_id: uuid.UUID, *, now: datetime, lease_until: datetime) -> Update:
+    """due -> sending, numbering the attempt; RETURNING the attempt number (the claim token)."""
+    return (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == delivery_id, _due(now))
+        .values(
+            status=SENDING, attempts=WebhookDelivery.attempts + 1, claimed_until=lease_until, updated_at=now
+        )
+        .returning(
+            WebhookDelivery.attempts, WebhookDelivery.tenant_id, WebhookDelivery.job_id,
+            WebhookDelivery.endpoint_id, WebhookDelivery.failures, WebhookDelivery.payload,
+        )
+    )
+
+
+def finish_attempt_stmt(delivery_id: uuid.UUID, attempt: int, **values: Any) -> Update:
+    """sending -> pending/succeeded/failed, only for the claim that made ``attempt``."""
+    return (
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == SENDING,
+            WebhookDelivery.attempts == attempt,
+        )
+        .values(claimed_until=None, **values)
+    )
+
+
+def insert_attempt_stmt(**values: Any) -> Insert:
+    return insert(WebhookAttempt).values(**values)
+
+
+def list_deliveries_stmt(
+    tenant_id: uuid.UUID,
+    *,
+    job_id: uuid.UUID | None = None,
+    endpoint_id: uuid.UUID | None = None,
+    status: str | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int,
+) -> Select[Any]:
+    """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
+    stmt = select(*DELIVERY_COLUMNS).where(WebhookDelivery.tenant_id == tenant_id)
+    if job_id is not None:
+        stmt = stmt.where(WebhookDelivery.job_id == job_id)
+    if endpoint_id is not None:
+        stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
+    if status is not None:
+        stmt = stmt.where(WebhookDelivery.status == status)
+    if after is not None:
+        created_at, delivery_id = after
+        stmt = stmt.where(
+            or_(
+                WebhookDelivery.created_at < created_at,
+                and_(WebhookDelivery.created_at == created_at, WebhookDelivery.id < delivery_id),
+            )
+        )
+    return stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc()).limit(limit)
+
+
+def select_delivery(tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> Select[Any]:
+    return select(*DELIVERY_COLUMNS).where(WebhookDelivery.id == delivery_id, WebhookDelivery.tenant_id == tenant_id)
+
+
+def select_attempts(delivery_ids: list[uuid.UUID]) -> Select[Any]:
+    return (
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id.in_(delivery_ids))
+        .order_by(WebhookAttempt.delivery_id, WebhookAttempt.attempt)
+    )
+
+
+def redeliver_stmt(tenant_id: uuid.UUID, delivery_id: uuid.UUID, *, now: datetime) -> Update:
+    """Any delivery not being sent right now goes back to ``pending``, due now, with a fresh
+    retry schedule. The ``webhook-id`` stays the same: receivers dedupe on it."""
+    return (
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.tenant_id == tenant_id,
+            WebhookDelivery.status != SENDING,
+        )
+        .values(
+            status=PENDING, failures=0, next_attempt_at=now, dispatched_at=None, claimed_until=None,
+            completed_at=None, updated_at=now,
+        )
+    )
+
+
+def fail_pending_for_target_stmt(
+    *, job_id: uuid.UUID | None = None, endpoint_id: uuid.UUID | None = None, now: datetime, error: str
+) -> Update:
+    """After a 410: the target's other waiting deliveries end ``failed`` without being sent."""
+    stmt = update(WebhookDelivery).where(WebhookDelivery.status == PENDING)
+    if endpoint_id is not None:
+        stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
+    else:
+        stmt = stmt.where(WebhookDelivery.job_id == job_id, WebhookDelivery.target == JOB_TARGET)
+    return stmt.values(
+        status=FAILED, next_attempt_at=None, completed_at=now, updated_at=now, last_error=error[:200]
+    )

@@ -1,0 +1,122 @@
+"""``Idempotency-Key`` on POSTs (IETF draft-ietf-httpapi-idempotency-key-header).
+
+Same key + same request -> the first response again (``Idempotent-Replayed: true``); same key +
+another request -> 422; a retry while the first is still running -> 409; keys are kept
+``idempotency_ttl_s`` and are scoped to the tenant. The fingerprint is computed from what the
+request asks for (for a job: the image's digest, prompts and options), not from raw bytes, so a
+client that rebuilds its multipart body with a new boundary still matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from db import idempotency as repo
+from gateway.problems import ApiProblem, field_error
+from gateway.tenancy import scope_to_tenant, tenant_transaction
+from medparse.settings import Settings
+
+HEADER = "Idempotency-Key"
+MAX_KEY_CHARS = 255
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def to_response(self) -> web.Response:
+        headers = {**self.headers, "Idempotent-Replayed": "true"}
+        return web.Response(status=self.status, body=self.body, headers=headers)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    tenant_id: uuid.UUID
+    key: str
+
+
+def key_from(request: web.Request) -> str | None:
+    values = request.headers.getall(HEADER, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise field_error(HEADER, "send the header once", status=400)
+    key = values[0].strip().strip('"')
+    if not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
+        raise field_error(HEADER, f"1 to {MAX_KEY_CHARS} printable characters", status=400)
+    return key
+
+
+def fingerprint(*parts: bytes | str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+async def reserve(
+    engine: AsyncEngine, settings: Settings, tenant_id: uuid.UUID, key: str, request_fingerprint: str
+) -> Reservation | StoredResponse:
+    """Claim ``key`` for this request, or return the first request's stored response."""
+    now = datetime.now(UTC)
+    lock = now + timedelta(seconds=settings.idempotency_in_flight_s)
+    async with tenant_transaction(engine, tenant_id) as conn:
+        await conn.execute(
+            repo.delete_expired_stmt(tenant_id, key, created_before=now - timedelta(seconds=settings.idempotency_ttl_s))
+        )
+        reserved = await conn.execute(
+            repo.reserve_stmt(conn.dialect.name, tenant_id, key, request_fingerprint, now=now, locked_until=lock)
+        )
+        if reserved.first() is not None:
+            return Reservation(tenant_id, key)
+        row = (await conn.execute(repo.select_stmt(tenant_id, key))).mappings().one()
+        if row["fingerprint"] != request_fingerprint:
+            raise ApiProblem(
+                422, "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request; use a new key",
+            )
+        if row["state"] == repo.DONE:
+            return StoredResponse(row["response_status"], row["response_headers"] or {}, row["response_body"] or b"")
+        locked_until = row["locked_until"] if row["locked_until"].tzinfo else row["locked_until"].replace(tzinfo=UTC)
+        if locked_until < now:
+            taken = await conn.execute(
+                repo.take_over_stmt(tenant_id, key, previous_lock=row["locked_until"], now=now, locked_until=lock)
+            )
+            if taken.rowcount == 1:
+                return Reservation(tenant_id, key)
+    raise ApiProblem(
+        409, "idempotency_request_in_flight",
+        "a request with this Idempotency-Key is still being processed; retry shortly",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def complete_in(conn: AsyncConnection, reservation: Reservation, response: web.Response) -> None:
+    """Store the response inside the caller's transaction (the use case's own commit)."""
+    await scope_to_tenant(conn, reservation.tenant_id)
+    headers = {k: v for k, v in response.headers.items() if k in ("Location", "Content-Type")}
+    body = response.body if isinstance(response.body, bytes) else b""
+    await conn.execute(
+        repo.complete_stmt(reservation.tenant_id, reservation.key, status=response.status, headers=headers, body=body)
+    )
+
+
+async def complete(engine: AsyncEngine, reservation: Reservation, response: web.Response) -> None:
+    async with engine.begin() as conn:
+        await complete_in(conn, reservation, response)
+
+
+async def release(engine: AsyncEngine, reservation: Reservation) -> None:
+    """The request failed: forget the key so the client may retry with it."""
+    async with tenant_transaction(engine, reservation.tenant_id) as conn:
+        await conn.execute(repo.release_stmt(reservation.tenant_id, reservation.key))

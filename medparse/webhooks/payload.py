@@ -1,0 +1,78 @@
+"""Thin event payloads: ``{type, timestamp, data}`` with the job's status, labels, a mask summary
+and links. Never mask bytes, images or prompts (free text that may identify a patient).
+
+The payload is stored with its delivery when the event happens, so every retry sends the same
+body; links are paths, made absolute at send time when ``webhook_link_base_url`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+#: Standard Webhooks recommends payloads under 20 kB; we keep a margin for absolute links.
+MAX_PAYLOAD_BYTES = 16_000
+#: Error messages are for humans; the code is what receivers act on.
+MAX_ERROR_CHARS = 500
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive UTC datetimes
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def build_payload(
+    event_type: str, job: Mapping[str, Any], masks: Sequence[Mapping[str, Any]], now: datetime
+) -> dict[str, Any]:
+    """The event body for ``job`` (a ``jobs`` row) and its mask summary rows (possibly empty)."""
+    base = f"/v1/jobs/{job['id']}"
+    urls = {"get": base, "deliveries": f"{base}/deliveries"}
+    succeeded = job["status"] == "succeeded"
+    if succeeded:
+        urls["masks_npz"] = f"{base}/masks.npz"
+    error = None
+    if job.get("error_code"):
+        error = {"code": job["error_code"], "message": (job.get("error_message") or "")[:MAX_ERROR_CHARS]}
+    data: dict[str, Any] = {
+        "id": str(job["id"]),
+        "status": job["status"],
+        "created_at": _iso(job.get("created_at")),
+        "started_at": _iso(job.get("started_at")),
+        "completed_at": _iso(job.get("completed_at")),
+        "error": error,
+        "labels": [m["label"] for m in masks] if succeeded else [],
+        "masks": [
+            {
+                "index": m["index"], "label": m["label"], "area_px": m["area_px"], "bbox": m["bbox"],
+                "url": f"{base}/masks/{m['index']}",
+            }
+            for m in masks
+        ] if succeeded else [],
+        "urls": urls,
+    }
+    payload = {"type": event_type, "timestamp": _iso(now), "data": data}
+    if len(orjson.dumps(payload)) > MAX_PAYLOAD_BYTES:
+        # Many prompts: keep the labels and the links, drop the per-mask details (one GET away).
+        data["masks"] = []
+        data["masks_truncated"] = True
+    return payload
+
+
+def _absolute(path: str, base_url: str) -> str:
+    return base_url.rstrip("/") + path if path.startswith("/") else path
+
+
+def render_body(payload: Mapping[str, Any], base_url: str | None) -> bytes:
+    """The exact bytes that are signed and sent."""
+    if not base_url:
+        return orjson.dumps(payload)
+    data = dict(payload["data"])
+    data["urls"] = {k: _absolute(v, base_url) for k, v in data.get("urls", {}).items()}
+    data["masks"] = [{**m, "url": _absolute(m["url"], base_url)} for m in data.get("masks", [])]
+    return orjson.dumps({**payload, "data": data})

@@ -1,0 +1,125 @@
+"""One HTTP attempt of a webhook delivery, to an address checked against the SSRF policy.
+
+The name is resolved once, every address is checked, and the request goes to the checked IP
+literally (``https://203.0.113.7:443/path``) with the original ``Host`` header and, for https,
+the original name as TLS SNI and certificate hostname (httpcore's ``sni_hostname`` extension).
+No second lookup happens, so a rebinding DNS answer cannot redirect the connection. Keep-alive
+is off: a pooled connection is keyed by IP, and must never carry a request for another name.
+Redirects are not followed (a 3xx is a failed attempt), environment proxies are ignored, and
+the response body is never read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import httpx
+
+from medparse.webhooks.schedule import parse_retry_after
+from medparse.webhooks.ssrf import Resolver, Target, UnsafeTarget, parse_target, resolve_target
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "medparse-webhooks/1"
+
+
+class Outcome(StrEnum):
+    #: any 2xx
+    succeeded = "succeeded"
+    #: timeout, connection error, DNS failure or a non-2xx answer: retried on the schedule
+    failed = "failed"
+    #: 410 Gone: the receiver asked us to stop; the endpoint is disabled
+    gone = "gone"
+    #: the target is not allowed (SSRF policy): not retried
+    refused = "refused"
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: Outcome
+    status_code: int | None
+    error: str | None
+    retry_after_s: float | None
+    duration_ms: int
+
+
+def _request_url(target: Target, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{target.scheme}://{host}:{target.port}{target.target}"
+
+
+def classify_status(status: int) -> tuple[Outcome, str | None]:
+    if 200 <= status < 300:
+        return Outcome.succeeded, None
+    if status == 410:
+        return Outcome.gone, "HTTP 410: the receiver is gone"
+    if 300 <= status < 400:
+        return Outcome.failed, f"HTTP {status}: redirects are not followed"
+    return Outcome.failed, f"HTTP {status}"
+
+
+class WebhookSender:
+    """Thread-safe; one per worker process."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        allow_private: bool,
+        resolver: Resolver | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        self._allow_private = allow_private
+        self._resolver = resolver
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s),
+            follow_redirects=False,
+            trust_env=False,
+            verify=verify,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def send(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
+        started = time.monotonic()
+
+        def result(outcome: Outcome, status: int | None, error: str | None, retry_after: float | None = None) -> (
+            AttemptResult
+        ):
+            elapsed = int((time.monotonic() - started) * 1000)
+            return AttemptResult(outcome, status, error and error[:200], retry_after, elapsed)
+
+        try:
+            target = parse_target(url)
+            addresses = resolve_target(target, allow_private=self._allow_private, resolver=self._resolver)
+        except UnsafeTarget as exc:
+            # A name that does not resolve now may resolve later; a forbidden address is policy.
+            outcome = Outcome.failed if exc.reason == "unresolvable" else Outcome.refused
+            return result(outcome, None, f"{exc.reason}: {exc.message}")
+        extensions: dict[str, object] = {}
+        if target.scheme == "https" and target.literal_ip is None:
+            extensions["sni_hostname"] = target.host
+        request = self._client.build_request(
+            "POST",
+            _request_url(target, addresses[0]),
+            content=body,
+            headers={**headers, "host": target.host_header, "user-agent": USER_AGENT},
+            extensions=extensions,
+        )
+        try:
+            response = self._client.send(request, stream=True)
+            response.close()
+        except httpx.TimeoutException as exc:
+            return result(Outcome.failed, None, f"timeout: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return result(Outcome.failed, None, f"connection error: {type(exc).__name__}")
+        outcome, error = classify_status(response.status_code)
+        retry_after = parse_retry_after(response.headers.get("retry-after")) if outcome is Outcome.failed else None
+        return result(outcome, response.status_code, error, retry_after)

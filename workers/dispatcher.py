@@ -1,0 +1,186 @@
+"""Fair dispatch: jobs wait in Postgres, and this feeds the broker round-robin by tenant.
+
+The broker never holds more than ``dispatch_window`` unclaimed jobs, so a job a tenant submits
+now is at most one window behind, however large another tenant's backlog is. Each round takes
+the first job of every tenant that still has room under its running cap, then the second, and
+so on (``row_number() OVER (PARTITION BY tenant)``), highest priority first within a tenant.
+
+One dispatcher thread runs in every worker process; a Postgres advisory lock lets one of them
+dispatch at a time. Rounds run when nudged (a new job, a finished job) and every
+``dispatch_interval_s`` regardless, so a lost nudge only delays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy import Select, and_, func, or_, select, update
+
+from db.models import Job, Tenant
+from db.status import JobStatus
+from medparse.events import dispatch_channel, dispatch_socket_path
+from medparse.queue import SEGMENT_TASK
+from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+#: Arbitrary constant naming the "one dispatcher at a time" advisory lock.
+DISPATCH_LOCK_KEY = 7_305_211_946
+QUEUED = JobStatus.queued.value
+
+
+def in_broker_stmt() -> Select[Any]:
+    return select(func.count()).select_from(Job).where(Job.status == QUEUED, Job.dispatched_at.is_not(None))
+
+
+def fair_batch_stmt(free: int, default_running_cap: int) -> Select[Any]:
+    """Up to ``free`` undispatched job ids, round-robin across tenants within their caps."""
+    busy = (
+        select(Job.tenant_id, func.count().label("n"))
+        .where(or_(Job.status == JobStatus.running.value, and_(Job.status == QUEUED, Job.dispatched_at.is_not(None))))
+        .group_by(Job.tenant_id)
+        .cte("busy")
+    )
+    ranked = (
+        select(
+            Job.id,
+            Job.tenant_id,
+            Job.created_at,
+            func.row_number()
+            .over(partition_by=Job.tenant_id, order_by=(Job.priority.desc(), Job.created_at, Job.id))
+            .label("rn"),
+        )
+        .where(Job.status == QUEUED, Job.dispatched_at.is_(None))
+        .cte("ranked")
+    )
+    cap = func.coalesce(Tenant.max_running_jobs, default_running_cap)
+    return (
+        select(ranked.c.id)
+        .select_from(
+            ranked.join(Tenant, Tenant.id == ranked.c.tenant_id).outerjoin(busy, busy.c.tenant_id == ranked.c.tenant_id)
+        )
+        .where(ranked.c.rn + func.coalesce(busy.c.n, 0) <= cap)
+        .order_by(ranked.c.rn, ranked.c.created_at)
+        .limit(free)
+    )
+
+
+def dispatch_round(ctx: WorkerContext) -> list[str] | None:
+    """Publish the next fair batch. None when another dispatcher holds the lock right now."""
+    settings = ctx.settings
+    now = datetime.now(UTC)
+    with ctx.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            if not conn.execute(select(func.pg_try_advisory_xact_lock(DISPATCH_LOCK_KEY))).scalar():
+                return None
+        free = settings.dispatch_window - int(conn.execute(in_broker_stmt()).scalar_one())
+        if free <= 0:
+            return []
+        ids: list[uuid.UUID] = list(
+            conn.execute(fair_batch_stmt(free, settings.tenant_max_running_jobs)).scalars()
+        )
+        if ids:
+            conn.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.status == QUEUED, Job.dispatched_at.is_(None))
+                .values(dispatched_at=now)
+            )
+    published: list[str] = []
+    for job_id in ids:
+        try:
+            ctx.app.send_task(SEGMENT_TASK, args=[str(job_id)], task_id=str(job_id))
+            published.append(str(job_id))
+        except Exception as exc:  # broker down: hand the job back to the next round
+            log.warning("publishing job %s failed (%s)", job_id, type(exc).__name__)
+            with ctx.engine.begin() as conn:
+                conn.execute(update(Job).where(Job.id == job_id, Job.dispatched_at == now).values(dispatched_at=None))
+    return published
+
+
+class Dispatcher:
+    """The dispatch loop of one worker process, plus the listener that wakes it."""
+
+    def __init__(self, get_context: Callable[[], WorkerContext]) -> None:
+        self._get_context = get_context
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        ctx = self._get_context()
+        self._threads = [
+            threading.Thread(target=self._loop, name="dispatcher", daemon=True),
+            threading.Thread(target=self._listen, args=(ctx,), name="dispatch-listener", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        interval = self._get_context().settings.dispatch_interval_s
+        while not self._stopped.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            try:
+                if dispatch_round(self._get_context()) is None:
+                    # Another process holds the lock and may have started before our nudge's job
+                    # was committed: look again shortly rather than at the next interval.
+                    self._stopped.wait(0.02)
+                    self._wake.set()
+            except Exception as exc:  # database away: the next round tries again
+                log.warning("dispatch round failed: %s", type(exc).__name__)
+                self._stopped.wait(1.0)
+
+    def _listen(self, ctx: WorkerContext) -> None:
+        if ctx.settings.redis_url is None:
+            self._listen_socket(ctx)
+        else:
+            self._listen_redis(ctx)
+
+    def _listen_redis(self, ctx: WorkerContext) -> None:
+        assert ctx.settings.redis_url is not None
+        while not self._stopped.is_set():
+            try:
+                client = redis.Redis.from_url(ctx.settings.redis_url)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(dispatch_channel(ctx.settings))
+                while not self._stopped.is_set():
+                    if pubsub.get_message(timeout=0.5) is not None:
+                        self._wake.set()
+                pubsub.close()
+                client.close()
+            except redis.RedisError as exc:
+                log.warning("dispatch listener lost redis (%s); retrying", type(exc).__name__)
+                self._stopped.wait(1.0)
+
+    def _listen_socket(self, ctx: WorkerContext) -> None:
+        path = dispatch_socket_path(ctx.settings)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:  # another embedded worker listens already; periodic rounds still run
+            log.info("dispatch socket unavailable (%s); relying on periodic rounds", exc)
+            return
+        sock.settimeout(0.5)
+        with sock:
+            while not self._stopped.is_set():
+                with contextlib.suppress(TimeoutError):
+                    sock.recv(64)
+                    self._wake.set()
