@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, insert, select, update
 
 from db.models import ApiKey, Tenant
 
@@ -80,3 +80,53 @@ def select_key(key_id: str) -> Select[Any]:
 
 def select_tenant_by_name(name: str) -> Select[Any]:
     return select(Tenant.id).where(Tenant.name == name)
+
+
+TENANT_COLUMNS = (
+    Tenant.id, Tenant.name, Tenant.created_at, Tenant.rate_limit_rps, Tenant.max_queued_jobs,
+    Tenant.max_running_jobs, Tenant.max_image_bytes,
+)
+KEY_COLUMNS = (
+    ApiKey.id, ApiKey.tenant_id, ApiKey.label, ApiKey.scopes, ApiKey.created_at, ApiKey.expires_at,
+    ApiKey.revoked_at,
+)
+
+
+def list_tenants_stmt() -> Select[Any]:
+    return select(*TENANT_COLUMNS).order_by(Tenant.created_at, Tenant.id)
+
+
+def select_tenant(tenant_id: uuid.UUID) -> Select[Any]:
+    return select(*TENANT_COLUMNS).where(Tenant.id == tenant_id)
+
+
+def insert_tenant_with_quotas_stmt(tenant_id: uuid.UUID, name: str, now: datetime, quotas: dict[str, Any]) -> Any:
+    return insert(Tenant).values(id=tenant_id, name=name, created_at=now, **quotas)
+
+
+def update_quotas_stmt(tenant_id: uuid.UUID, quotas: dict[str, Any]) -> Any:
+    return update(Tenant).where(Tenant.id == tenant_id).values(**quotas)
+
+
+def list_keys_stmt(tenant_id: uuid.UUID | None = None) -> Select[Any]:
+    stmt = select(*KEY_COLUMNS).order_by(ApiKey.created_at, ApiKey.id)
+    return stmt if tenant_id is None else stmt.where(ApiKey.tenant_id == tenant_id)
+
+
+def select_key_public(key_id: str) -> Select[Any]:
+    return select(*KEY_COLUMNS).where(ApiKey.id == key_id)
+
+
+def insert_labeled_key_stmt(
+    issued: IssuedKey, secret_hash: str, tenant_id: uuid.UUID, scopes: list[str], now: datetime,
+    *, label: str | None, expires_at: datetime | None,
+) -> Any:
+    return insert(ApiKey).values(
+        id=issued.key_id, tenant_id=tenant_id, secret_hash=secret_hash, scopes=scopes, created_at=now,
+        label=label, expires_at=expires_at,
+    )
+
+
+def revoke_key_stmt(key_id: str, now: datetime) -> Any:
+    """Revocation is immediate: every request looks its key up, nothing caches it."""
+    return update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=now)

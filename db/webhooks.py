@@ -131,7 +131,9 @@ def select_tenant_secret(tenant_id: uuid.UUID) -> Select[Any]:
     ).where(WebhookTenantSecret.tenant_id == tenant_id)
 
 
-def rotate_tenant_secret_stmt(tenant_id: uuid.UUID, new_secret: str, *, now: datetime, overlap_until: datetime) -> Update:
+def rotate_tenant_secret_stmt(
+    tenant_id: uuid.UUID, new_secret: str, *, now: datetime, overlap_until: datetime
+) -> Update:
     return (
         update(WebhookTenantSecret)
         .where(WebhookTenantSecret.tenant_id == tenant_id)
@@ -164,6 +166,10 @@ def select_job_with_webhook(job_id: uuid.UUID) -> Select[Any]:
 
 def select_job_webhook_for_send(job_id: uuid.UUID) -> Select[Any]:
     return select(JobWebhook.url, JobWebhook.disabled_at).where(JobWebhook.job_id == job_id)
+
+
+def enable_job_webhook_stmt(job_id: uuid.UUID) -> Update:
+    return update(JobWebhook).where(JobWebhook.job_id == job_id).values(disabled_at=None)
 
 
 def disable_job_webhook_stmt(job_id: uuid.UUID, *, now: datetime) -> Update:

@@ -10,7 +10,19 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 import medparse
+from gateway.admin_schemas import (
+    KeyCreate,
+    KeyCreatedPublic,
+    KeyPublic,
+    KeysPublic,
+    TenantCreate,
+    TenantPublic,
+    TenantQuotasPatch,
+    TenantsPublic,
+    UsagePublic,
+)
 from gateway.schemas import HealthPublic, JobCreateJson, JobOptions, JobPublic, JobsPublic, ProblemPublic
+from gateway.webhook_openapi import FORM_FIELDS, INPUT_MODELS, OUTPUT_MODELS, webhook_paths
 
 REF = "#/components/schemas/{model}"
 
@@ -25,6 +37,11 @@ def _json(name: str) -> dict[str, Any]:
 
 PROBLEM = {"content": {"application/problem+json": {"schema": _ref("ProblemPublic")}}}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
+    "description": "same key + same request replays the first response; another request -> 422; in flight -> 409",
+}
+TENANT_ID = {"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 PREFER = {
     "name": "Prefer", "in": "header", "required": False, "schema": {"type": "string", "example": "wait=10"},
     "description": "wait=N (N <= max_wait_seconds) holds the answer until the job is terminal or N seconds pass",
@@ -38,7 +55,12 @@ def _errors(*codes: int) -> dict[str, Any]:
 @cache
 def build_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(m, "validation") for m in (JobCreateJson, JobOptions, JobPublic, JobsPublic, ProblemPublic, HealthPublic)],
+        [(m, "validation") for m in (JobCreateJson, JobOptions, TenantCreate, TenantQuotasPatch, KeyCreate)]
+        + [(m, "serialization") for m in (
+            JobPublic, JobsPublic, ProblemPublic, HealthPublic, TenantPublic, TenantsPublic, KeyPublic,
+            KeyCreatedPublic, KeysPublic, UsagePublic,
+        )]
+        + [(m, "validation") for m in INPUT_MODELS] + [(m, "serialization") for m in OUTPUT_MODELS],
         ref_template=REF,
     )
     multipart = {
@@ -48,6 +70,7 @@ def build_document() -> dict[str, Any]:
             "image": {"type": "string", "contentMediaType": "application/octet-stream"},
             "prompts": {"type": "string", "example": "liver & kidney"},
             "options": {"type": "string", "description": "JSON of JobOptions"},
+            **FORM_FIELDS,
         },
     }
     auth_errors = _errors(401, 403)
@@ -55,7 +78,7 @@ def build_document() -> dict[str, Any]:
         "/v1/jobs": {
             "post": {
                 "operationId": "createJob",
-                "parameters": [PREFER],
+                "parameters": [PREFER, IDEMPOTENCY_KEY],
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -96,12 +119,48 @@ def build_document() -> dict[str, Any]:
             "responses": {"200": {"description": "uint8 array 'masks' (N, H, W) with 0/1 values",
                                   "content": {"application/octet-stream": {}}}, **_errors(404, 409), **auth_errors},
         }},
+        "/v1/usage": {"get": {
+            "operationId": "getUsage",
+            "parameters": [{"name": n, "in": "query", "schema": {"type": "string", "format": "date-time"}}
+                           for n in ("from", "to")],
+            "responses": {"200": {"description": "usage of the caller's tenant", **_json("UsagePublic")},
+                          **_errors(400), **auth_errors},
+        }},
+        "/v1/admin/tenants": {
+            "get": {"operationId": "adminListTenants",
+                    "responses": {"200": {"description": "tenants", **_json("TenantsPublic")}, **auth_errors}},
+            "post": {"operationId": "adminCreateTenant", "requestBody": {"required": True, **_json("TenantCreate")},
+                     "responses": {"201": {"description": "created", **_json("TenantPublic")},
+                                   **_errors(409, 422), **auth_errors}},
+        },
+        "/v1/admin/tenants/{tenant_id}": {"patch": {
+            "operationId": "adminUpdateTenant", "parameters": [TENANT_ID],
+            "requestBody": {"required": True, **_json("TenantQuotasPatch")},
+            "responses": {"200": {"description": "updated", **_json("TenantPublic")},
+                          **_errors(404, 422), **auth_errors},
+        }},
+        "/v1/admin/tenants/{tenant_id}/keys": {
+            "get": {"operationId": "adminListKeys", "parameters": [TENANT_ID],
+                    "responses": {"200": {"description": "keys (no secrets)", **_json("KeysPublic")},
+                                  **_errors(404), **auth_errors}},
+            "post": {"operationId": "adminCreateKey", "parameters": [TENANT_ID],
+                     "requestBody": {"required": True, **_json("KeyCreate")},
+                     "responses": {"201": {"description": "the key, shown once", **_json("KeyCreatedPublic")},
+                                   **_errors(404, 422), **auth_errors}},
+        },
+        "/v1/admin/keys/{key_id}/revoke": {"post": {
+            "operationId": "adminRevokeKey",
+            "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "revoked (immediately)", **_json("KeyPublic")},
+                          **_errors(404), **auth_errors},
+        }},
         "/healthz": {"get": {"operationId": "healthz", "security": [],
                              "responses": {"200": {"description": "alive", **_json("HealthPublic")}}}},
         "/readyz": {"get": {"operationId": "readyz", "security": [],
                             "responses": {"200": {"description": "ready", **_json("HealthPublic")},
                                           "503": {"description": "not ready", **_json("HealthPublic")}}}},
     }
+    paths.update(webhook_paths())  # gateway/webhook_openapi.py
     return {
         "openapi": "3.1.0",
         "info": {"title": "medparse-gateway", "version": medparse.__version__},

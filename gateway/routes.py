@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import handlers, openapi
+from gateway import admin_handlers, handlers, openapi, webhook_handlers
 
 
 def setup_routes(app: web.Application) -> None:
@@ -14,6 +14,14 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/jobs/{job_id}/cancel", handlers.cancel_job, name="cancel_job")
     app.router.add_get("/v1/jobs/{job_id}/masks.npz", handlers.get_masks_npz, name="get_masks_npz")
     app.router.add_get("/v1/jobs/{job_id}/masks/{index}", handlers.get_mask_png, name="get_mask_png")
+    app.router.add_get("/v1/usage", admin_handlers.get_usage, name="get_usage")
+    app.router.add_get("/v1/admin/tenants", admin_handlers.list_tenants, name="admin_list_tenants")
+    app.router.add_post("/v1/admin/tenants", admin_handlers.create_tenant, name="admin_create_tenant")
+    app.router.add_patch("/v1/admin/tenants/{tenant_id}", admin_handlers.update_tenant, name="admin_update_tenant")
+    app.router.add_get("/v1/admin/tenants/{tenant_id}/keys", admin_handlers.list_keys, name="admin_list_keys")
+    app.router.add_post("/v1/admin/tenants/{tenant_id}/keys", admin_handlers.create_key, name="admin_create_key")
+    app.router.add_post("/v1/admin/keys/{key_id}/revoke", admin_handlers.revoke_key, name="admin_revoke_key")
+    webhook_handlers.setup_webhook_routes(app)  # /v1/webhooks..., /v1/deliveries..., /v1/jobs/{id}/deliveries
     app.router.add_get("/healthz", handlers.healthz, name="healthz")
     app.router.add_get("/readyz", handlers.readyz, name="readyz")
     app.router.add_get("/openapi.json", openapi.serve, name="openapi")

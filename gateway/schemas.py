@@ -58,6 +58,10 @@ class JobCreateJson(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     #: higher runs first within the tenant's own queue (-100..100)
     priority: int = 0
+    #: called on the job's events (see the README's Webhooks section)
+    webhook_url: str | None = None
+    #: default: the terminal events job.succeeded, job.failed, job.canceled
+    webhook_events: list[str] | None = None
 
 
 class ErrorPublic(BaseModel):

@@ -25,8 +25,10 @@ from gateway.problems import ApiProblem, field_error, not_found
 from gateway.schemas import JobPublic
 from gateway.submission import JobSubmission
 from gateway.tenancy import tenant_transaction
+from gateway.webhook_services import attach_job_webhook
 from medparse import imaging, masks
 from medparse.settings import Settings
+from medparse.webhooks.outbox import record_transition_async
 
 #: Images up to this size are probed on the event loop: a thread hop costs more than the decode.
 INLINE_PROBE_BYTES = 256 * 1024
@@ -184,6 +186,7 @@ async def _insert_job(
             )
         await conn.execute(job_stmt)
         await conn.execute(input_stmt)
+        await attach_job_webhook(conn, who.tenant_id, new.id, submission.webhook)  # gateway/webhook_services.py
         if reservation is not None:
             # Stored in the job's own transaction: a retry after a crash finds the job, never a second one.
             await idempotency.complete_in(conn, reservation, job_created_response(job))
@@ -289,6 +292,7 @@ async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUI
             await repo.transition(conn, stmt)
         except repo.StaleTransition:
             raise ApiProblem(409, "job_changed", "the job changed state meanwhile; fetch it and retry") from None
+        await record_transition_async(conn, job_id, JobStatus.canceled)  # webhook outbox, same transaction
     return await get_job(engine, tenant_id, job_id)
 
 

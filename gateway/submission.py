@@ -16,10 +16,11 @@ from pydantic import ValidationError
 
 from gateway.problems import ApiProblem, field_error
 from gateway.schemas import JobCreateJson, JobOptions
+from gateway.webhook_submission import JobWebhookRequest, WebhookFormFields, check_job_webhook
 from medparse.settings import Settings
 
-#: A job form has three fields; anything far beyond that is abuse of the multipart parser.
-MAX_MULTIPART_PARTS = 8
+#: A job form has a handful of fields; anything far beyond that is abuse of the multipart parser.
+MAX_MULTIPART_PARTS = 12
 
 
 #: Priority of a job within its tenant's queue (higher first); it never overtakes other tenants.
@@ -32,15 +33,17 @@ class JobSubmission:
     prompts: list[str]
     options: JobOptions
     priority: int = 0
+    #: ``webhook_url`` / ``webhook_events`` (see gateway.webhook_submission)
+    webhook: JobWebhookRequest | None = None
 
-    def fingerprint_parts(self) -> list[bytes | str]:
+    def fingerprint_parts(self) -> list[str]:
         """What the request asks for, for Idempotency-Key matching (not the raw multipart bytes)."""
         return [
             hashlib.sha256(self.image).hexdigest(),
             "\x1f".join(self.prompts),
             self.options.model_dump_json(exclude_none=True),
             str(self.priority),
-        ]
+        ] + ([self.webhook.fingerprint()] if self.webhook else [])
 
 
 def parse_priority(raw: str | int | None) -> int:
@@ -107,6 +110,7 @@ async def parse_json_submission(request: web.Request, settings: Settings) -> Job
     return JobSubmission(
         image=image, prompts=parse_prompts(parsed.prompts, settings), options=parsed.options,
         priority=parse_priority(parsed.priority),
+        webhook=await check_job_webhook(request, parsed.webhook_url, parsed.webhook_events),
     )
 
 
@@ -142,6 +146,7 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
     prompts: str | None = None
     options: bytes | None = None
     priority: str | None = None
+    webhook = WebhookFormFields()
     for _ in range(MAX_MULTIPART_PARTS):
         part = await reader.next()
         if part is None:
@@ -157,9 +162,13 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
             options = await _read_part(part, settings.max_options_chars, "options")
         elif part.name == "priority":
             priority = (await _read_part(part, 16, "priority")).decode("ascii", errors="replace")
+        elif webhook.accepts(part.name):
+            await webhook.read(part)
         else:
             raise field_error(
-                str(part.name), "unknown form field (expected image, prompts, options, priority)", status=400
+                str(part.name),
+                "unknown form field (expected image, prompts, options, priority, webhook_url, webhook_events)",
+                status=400,
             )
     else:
         raise ApiProblem(400, "malformed_multipart", f"more than {MAX_MULTIPART_PARTS} form fields")
@@ -169,7 +178,7 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
         raise field_error("prompts", "required: '&'-separated prompts", code="missing_field")
     return JobSubmission(
         image=image, prompts=parse_prompts(prompts, settings), options=parse_options(options, settings),
-        priority=parse_priority(priority),
+        priority=parse_priority(priority), webhook=await webhook.result(request),
     )
 
 

@@ -7,8 +7,10 @@ import asyncio
 import logging
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from db.tenants import DEFAULT_SCOPES
 from medparse.settings import Settings
 
 
@@ -57,12 +59,13 @@ def cmd_emulator(settings: Settings, args: argparse.Namespace) -> None:
     run_from_args(args)
 
 
-def create_tenant(settings: Settings, name: str, *, reuse: bool = False) -> tuple[uuid.UUID, str]:
+def create_tenant(
+    settings: Settings, name: str, *, reuse: bool = False, scopes: list[str] | None = None
+) -> tuple[uuid.UUID, str]:
     """Create tenant ``name`` (or reuse it) and a new API key for it; returns (id, key)."""
-    from db.engine import make_sync_engine
-    from db.tenants import DEFAULT_SCOPES, insert_key_stmt, insert_tenant_stmt, new_api_key, select_tenant_by_name
+    from db.tenants import insert_key_stmt, insert_tenant_stmt, new_api_key, select_tenant_by_name
 
-    engine = make_sync_engine(settings, system_scope=True)
+    engine = _engine(settings)
     now = datetime.now(UTC)
     try:
         with engine.begin() as conn:
@@ -73,16 +76,76 @@ def create_tenant(settings: Settings, name: str, *, reuse: bool = False) -> tupl
                 tenant_id = uuid.uuid4()
                 conn.execute(insert_tenant_stmt(tenant_id, name, now))
             issued, secret_hash = new_api_key()
-            conn.execute(insert_key_stmt(issued, secret_hash, tenant_id, DEFAULT_SCOPES, now))
+            conn.execute(insert_key_stmt(issued, secret_hash, tenant_id, scopes or DEFAULT_SCOPES, now))
     finally:
         engine.dispose()
     return tenant_id, issued.plaintext
 
 
 def cmd_tenant(settings: Settings, args: argparse.Namespace) -> None:
-    tenant_id, key = create_tenant(settings, args.name)
+    scopes = [*DEFAULT_SCOPES, "admin"] if args.admin else None
+    tenant_id, key = create_tenant(settings, args.name, scopes=scopes)
     print(f"tenant {args.name} ({tenant_id})")
     print(f"API key: {key}")
+
+
+def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
+    from db import tenants
+
+    with _engine(settings).begin() as conn:
+        for row in conn.execute(tenants.list_tenants_stmt()).mappings():
+            quotas = {k: row[k] for k in ("rate_limit_rps", "max_queued_jobs", "max_running_jobs", "max_image_bytes")}
+            overrides = ", ".join(f"{k}={v}" for k, v in quotas.items() if v is not None) or "defaults"
+            print(f"{row['id']}  {row['name']}  ({overrides})")
+
+
+def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
+    from db import tenants
+
+    now = datetime.now(UTC)
+    expires = now + timedelta(days=args.expires_days) if args.expires_days else None
+    issued, secret_hash = tenants.new_api_key()
+    with _engine(settings).begin() as conn:
+        tenant_id = conn.execute(tenants.select_tenant_by_name(args.tenant)).scalar_one_or_none()
+        if tenant_id is None:
+            raise SystemExit(f"no tenant named {args.tenant!r}")
+        conn.execute(tenants.insert_labeled_key_stmt(
+            issued, secret_hash, tenant_id, sorted(set(args.scope or DEFAULT_SCOPES)), now,
+            label=args.label, expires_at=expires,
+        ))
+    print(f"key id {issued.key_id} for tenant {args.tenant}")
+    print(f"API key: {issued.plaintext}")
+
+
+def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
+    from db import tenants
+
+    with _engine(settings).begin() as conn:
+        revoked = conn.execute(tenants.revoke_key_stmt(args.key_id, datetime.now(UTC))).rowcount
+    if not revoked:
+        raise SystemExit(f"no active key {args.key_id!r}")
+    print(f"revoked {args.key_id}")
+
+
+def cmd_key_list(settings: Settings, args: argparse.Namespace) -> None:
+    from db import tenants
+
+    with _engine(settings).begin() as conn:
+        tenant_id = None
+        if args.tenant:
+            tenant_id = conn.execute(tenants.select_tenant_by_name(args.tenant)).scalar_one_or_none()
+            if tenant_id is None:
+                raise SystemExit(f"no tenant named {args.tenant!r}")
+        for row in conn.execute(tenants.list_keys_stmt(tenant_id)).mappings():
+            state = "revoked" if row["revoked_at"] else "active"
+            print(f"{row['id']}  tenant={row['tenant_id']}  scopes={','.join(row['scopes'])}  {state}"
+                  f"  label={row['label'] or '-'}  expires={row['expires_at'] or 'never'}")
+
+
+def _engine(settings: Settings) -> Any:
+    from db.engine import make_sync_engine
+
+    return make_sync_engine(settings, system_scope=True)
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
@@ -109,7 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True)
     create = tenant_sub.add_parser("create", help="create a tenant and print its first API key")
     create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="the key also gets the 'admin' scope")
     create.set_defaults(func=cmd_tenant)
+    tenant_sub.add_parser("list", help="list tenants and their quota overrides").set_defaults(func=cmd_tenant_list)
+    key = sub.add_parser("key", help="manage API keys")
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    key_create = key_sub.add_parser("create", help="create an API key for a tenant (printed once)")
+    key_create.add_argument("tenant", help="tenant name")
+    key_create.add_argument("--scope", action="append", choices=["jobs:read", "jobs:write", "admin"])
+    key_create.add_argument("--label")
+    key_create.add_argument("--expires-days", type=float)
+    key_create.set_defaults(func=cmd_key_create)
+    key_revoke = key_sub.add_parser("revoke", help="revoke a key at once")
+    key_revoke.add_argument("key_id")
+    key_revoke.set_defaults(func=cmd_key_revoke)
+    key_list = key_sub.add_parser("list", help="list keys (never their secrets)")
+    key_list.add_argument("tenant", nargs="?")
+    key_list.set_defaults(func=cmd_key_list)
     sub.add_parser("run", help="embedded default: migrate, emulator, worker and gateway in one tree").set_defaults(
         func=cmd_run
     )

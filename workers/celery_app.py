@@ -13,6 +13,7 @@ from workers.context import ContextHolder
 from workers.dispatcher import Dispatcher
 from workers.sweeper import SweeperThread
 from workers.tasks import register_tasks
+from workers.webhook_tasks import register_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ def make_celery(settings: Settings, *, sweeper: bool = True) -> Celery:
     dispatcher: Dispatcher | None = None
     holder = ContextHolder(settings, app, wake_dispatcher=lambda: dispatcher.wake() if dispatcher else None)
     register_tasks(app, holder)
+    register_webhooks(app, holder, settings, dispatcher=sweeper)
     if sweeper:
         dispatcher = Dispatcher(holder.get)
         thread = SweeperThread(holder.get, settings.sweep_interval_s)

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from db import jobs as repo
 from db.status import JobStatus
+from medparse.webhooks.outbox import record_transition
 from workers.pipeline import Segmentation
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
         ).scalar_one_or_none()
         if attempt is None:
             return None
+        record_transition(conn, job_id, JobStatus.running)  # webhook outbox, same transaction
         row = conn.execute(repo.select_job_any_tenant(job_id)).mappings().one()
         image = conn.execute(repo.select_input(job_id)).scalar_one()
     return Claim(job_id=job_id, attempt=attempt, prompts=list(row["prompts"]), image=image)
@@ -74,6 +76,7 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation) -> bool:
             repo.transition_sync(conn, stmt)
             conn.execute(repo.delete_masks_stmt(claimed.job_id))
             conn.execute(repo.insert_masks_stmt(rows))
+            record_transition(conn, claimed.job_id, JobStatus.succeeded)  # webhook outbox, same transaction
     except repo.StaleTransition:
         log.info("job %s attempt %d: result discarded (job canceled or taken over)", claimed.job_id, claimed.attempt)
         return False
@@ -92,6 +95,7 @@ def fail(
     try:
         with engine.begin() as conn:
             repo.transition_sync(conn, stmt)
+            record_transition(conn, claimed.job_id, JobStatus.failed)  # webhook outbox, same transaction
     except repo.StaleTransition:
         return False
     return True

@@ -19,6 +19,7 @@ from typing import Any
 from db import jobs as repo
 from db.idempotency import purge_expired_stmt
 from db.status import JobStatus
+from medparse.webhooks.outbox import record_transition
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def _take_back_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -
         try:
             with ctx.engine.begin() as conn:
                 repo.transition_sync(conn, stmt)
+                record_transition(conn, job_id, target)  # webhook outbox (job.failed), same transaction
         except repo.StaleTransition:
             continue  # finished or swept by someone else meanwhile
         (report.exhausted if target is JobStatus.failed else report.requeued).append(str(job_id))

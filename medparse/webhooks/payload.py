@@ -28,7 +28,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def build_payload(
-    event_type: str, job: Mapping[str, Any], masks: Sequence[Mapping[str, Any]], now: datetime
+    event_type: str, job: Mapping[Any, Any], masks: Sequence[Mapping[Any, Any]], now: datetime
 ) -> dict[str, Any]:
     """The event body for ``job`` (a ``jobs`` row) and its mask summary rows (possibly empty)."""
     base = f"/v1/jobs/{job['id']}"
@@ -58,9 +58,12 @@ def build_payload(
     }
     payload = {"type": event_type, "timestamp": _iso(now), "data": data}
     if len(orjson.dumps(payload)) > MAX_PAYLOAD_BYTES:
-        # Many prompts: keep the labels and the links, drop the per-mask details (one GET away).
+        # Many prompts: keep the links, drop the per-mask details and then labels (one GET away).
         data["masks"] = []
         data["masks_truncated"] = True
+        while data["labels"] and len(orjson.dumps(payload)) > MAX_PAYLOAD_BYTES:
+            data["labels"] = data["labels"][: len(data["labels"]) // 2]
+            data["labels_truncated"] = True
     return payload
 
 

@@ -16,6 +16,7 @@ import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -137,6 +138,8 @@ def parse_target(url: str) -> Target:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
+        # httpx itself rejects some IPv4 spellings (``0177.0.0.1``); report them like the others.
+        _literal_ip((urlsplit(url).hostname or "") if isinstance(url, str) else "")
         raise UnsafeTarget("invalid_url", f"not a valid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise UnsafeTarget("invalid_scheme", "only http and https URLs are accepted")

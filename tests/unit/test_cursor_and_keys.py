@@ -8,7 +8,8 @@ from gateway.services import decode_cursor, encode_cursor, to_public
 def _row(created: datetime) -> dict[str, object]:
     return {
         "id": uuid.uuid4(), "status": "queued", "prompts": ["liver"], "options": {}, "created_at": created,
-        "started_at": None, "completed_at": None, "attempts": 0, "error_code": None, "error_message": None,
+        "started_at": None, "completed_at": None, "attempts": 0, "priority": 0, "error_code": None,
+        "error_message": None,
         "input_width": 3, "input_height": 2, "input_format": "png", "input_bytes": 10,
         "result_width": None, "result_height": None, "result_meta": None,
     }

@@ -1,0 +1,160 @@
+"""A worker's steps for one webhook delivery: claim, send, record the attempt, schedule or end.
+
+Like the job lifecycle: the claim is a compare-and-set that numbers the attempt, and the result
+is written only by the claim that made that attempt, so a duplicate task is a no-op and a task
+that outlived its lease cannot overwrite a newer attempt. No transaction is open while sending.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from db import webhooks as repo
+from medparse.settings import Settings
+from medparse.webhooks.outbox import webhook_id
+from medparse.webhooks.payload import render_body
+from medparse.webhooks.schedule import retry_delay
+from medparse.webhooks.sender import AttemptResult, Outcome, WebhookSender
+from medparse.webhooks.signing import new_secret, webhook_headers
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    id: uuid.UUID
+    attempt: int
+    tenant_id: uuid.UUID
+    job_id: uuid.UUID
+    endpoint_id: uuid.UUID | None
+    failures: int
+    payload: dict[str, Any]
+    #: where to send and with which secrets; None when the target is gone or disabled
+    url: str | None
+    signing_secrets: list[str]
+
+
+def lease_seconds(settings: Settings) -> float:
+    # connect + write + read phases each bounded by the timeout, plus a margin for the database
+    return 3 * settings.webhook_timeout_s + 30.0
+
+
+def _signing_secrets(secret: str, previous: str | None, previous_until: datetime | None, now: datetime) -> list[str]:
+    until = _aware(previous_until)
+    if previous and until is not None and until > now:
+        return [secret, previous]
+    return [secret]
+
+
+def _target(conn: Connection, tenant_id: uuid.UUID, job_id: uuid.UUID, endpoint_id: uuid.UUID | None,
+            now: datetime) -> tuple[str | None, list[str]]:
+    if endpoint_id is not None:
+        ep = conn.execute(repo.select_endpoint_for_send(endpoint_id)).mappings().first()
+        if ep is None or ep["disabled_at"] is not None:
+            return None, []
+        return ep["url"], _signing_secrets(ep["secret"], ep["previous_secret"], ep["previous_secret_expires_at"], now)
+    hook = conn.execute(repo.select_job_webhook_for_send(job_id)).mappings().first()
+    if hook is None or hook["disabled_at"] is not None:
+        return None, []
+    conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), now))
+    sec = conn.execute(repo.select_tenant_secret(tenant_id)).mappings().one()
+    return hook["url"], _signing_secrets(sec["secret"], sec["previous_secret"], sec["previous_secret_expires_at"], now)
+
+
+def claim(engine: Engine, delivery_id: uuid.UUID, settings: Settings) -> ClaimedDelivery | None:
+    """A due delivery -> ``sending`` with its target and secrets; None when it is not due."""
+    now = utcnow()
+    with engine.begin() as conn:
+        row = conn.execute(
+            repo.claim_delivery_stmt(delivery_id, now=now, lease_until=now + timedelta(seconds=lease_seconds(settings)))
+        ).mappings().first()
+        if row is None:
+            return None
+        url, signing_secrets = _target(conn, row["tenant_id"], row["job_id"], row["endpoint_id"], now)
+    return ClaimedDelivery(
+        id=delivery_id, attempt=row["attempts"], tenant_id=row["tenant_id"], job_id=row["job_id"],
+        endpoint_id=row["endpoint_id"], failures=row["failures"], payload=dict(row["payload"]),
+        url=url, signing_secrets=signing_secrets,
+    )
+
+
+def _next_state(claimed: ClaimedDelivery, result: AttemptResult, settings: Settings, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {"updated_at": now, "last_status_code": result.status_code, "last_error": result.error}
+    if result.outcome is Outcome.succeeded:
+        return {**values, "status": repo.SUCCEEDED, "next_attempt_at": None, "completed_at": now}
+    if result.outcome is not Outcome.failed:
+        return {**values, "status": repo.FAILED, "next_attempt_at": None, "completed_at": now}
+    failures = claimed.failures + 1
+    delay = retry_delay(
+        failures, settings.webhook_retry_schedule_s, jitter=settings.webhook_retry_jitter,
+        retry_after_s=result.retry_after_s,
+    )
+    if delay is None:
+        error = f"{result.error or 'failed'}; no retries left"[:200]
+        return {**values, "status": repo.FAILED, "failures": failures, "next_attempt_at": None,
+                "completed_at": now, "last_error": error}
+    return {**values, "status": repo.PENDING, "failures": failures, "dispatched_at": None,
+            "next_attempt_at": now + timedelta(seconds=delay)}
+
+
+def finish(engine: Engine, claimed: ClaimedDelivery, result: AttemptResult, settings: Settings,
+           started_at: datetime) -> bool:
+    """Record the attempt and move the delivery on; False when a newer claim owns it."""
+    now = utcnow()
+    with engine.begin() as conn:
+        conn.execute(repo.insert_attempt_stmt(
+            delivery_id=claimed.id, attempt=claimed.attempt, started_at=started_at, duration_ms=result.duration_ms,
+            status_code=result.status_code, outcome=result.outcome.value, error=result.error,
+        ))
+        updated = conn.execute(
+            repo.finish_attempt_stmt(claimed.id, claimed.attempt, **_next_state(claimed, result, settings, now))
+        ).rowcount == 1
+        if updated and result.outcome is Outcome.gone:
+            # 410: the receiver asked us to stop. Disable the target and end what waits for it.
+            if claimed.endpoint_id is not None:
+                conn.execute(repo.disable_endpoint_stmt(claimed.endpoint_id, now=now, reason="gone"))
+                conn.execute(repo.fail_pending_for_target_stmt(
+                    endpoint_id=claimed.endpoint_id, now=now, error="the endpoint is disabled (HTTP 410)"))
+            else:
+                conn.execute(repo.disable_job_webhook_stmt(claimed.job_id, now=now))
+                conn.execute(repo.fail_pending_for_target_stmt(
+                    job_id=claimed.job_id, now=now, error="the job's webhook_url answered 410"))
+    return updated
+
+
+def deliver(engine: Engine, sender: WebhookSender, settings: Settings, delivery_id: uuid.UUID) -> str:
+    """One run of ``webhooks.deliver``. Returns what happened, for logs and tests."""
+    claimed = claim(engine, delivery_id, settings)
+    if claimed is None:
+        return "skipped"  # not due: delivered, waiting for its retry time, or being sent elsewhere
+    started_at = utcnow()
+    if claimed.url is None:
+        result = AttemptResult(Outcome.refused, None, "target_disabled: the endpoint is disabled or deleted", None, 0)
+    else:
+        msg_id = webhook_id(claimed.id)
+        body = render_body(claimed.payload, settings.webhook_link_base_url)
+        headers = webhook_headers(claimed.signing_secrets, msg_id, int(started_at.timestamp()), body)
+        result = sender.send(claimed.url, body, headers)
+    finish(engine, claimed, result, settings, started_at)
+    # The host only: paths and queries may carry the receiver's own tokens; never the body or secrets.
+    log.info(
+        "webhook %s (%s) attempt %d to %s: %s %s",
+        webhook_id(claimed.id), claimed.payload.get("type"), claimed.attempt,
+        "endpoint " + str(claimed.endpoint_id) if claimed.endpoint_id else "job url",
+        result.outcome.value, result.status_code or result.error or "",
+    )
+    return result.outcome.value

@@ -1,0 +1,115 @@
+"""``webhooks.deliver`` (a thin task) and the dispatcher that publishes due deliveries.
+
+Retries wait in Postgres (``next_attempt_at``), never in the broker: a Celery countdown longer
+than the Redis visibility timeout would be delivered twice, and a flushed Redis would lose it.
+Every ``webhook_dispatch_interval_s`` each worker's dispatcher publishes the deliveries that are
+due (and those whose sender died mid-attempt); the task's compare-and-set claim makes the
+duplicates that several dispatchers or a redelivered message produce harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery, signals
+from kombu import Queue
+
+from db import webhooks as repo
+from medparse.settings import Settings
+from medparse.webhooks.sender import WebhookSender
+from workers.context import ContextHolder, WorkerContext
+from workers.webhook_delivery import deliver
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TASK = "webhooks.deliver"
+#: Its own queue, so a backlog of segmentation jobs never delays a webhook.
+WEBHOOK_QUEUE = "webhooks"
+BATCH = 500
+
+
+class SenderHolder:
+    """One ``WebhookSender`` per process (built after fork, like the worker context)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._sender: WebhookSender | None = None
+
+    def get(self) -> WebhookSender:
+        with self._lock:
+            if self._sender is None or self._pid != os.getpid():
+                self._sender = WebhookSender(
+                    timeout_s=self._settings.webhook_timeout_s,
+                    allow_private=self._settings.webhook_allow_private_targets,
+                )
+                self._pid = os.getpid()
+            return self._sender
+
+
+def publish_due(ctx: WorkerContext, now: datetime | None = None) -> list[str]:
+    """Publish ``webhooks.deliver`` for every due delivery not published recently; returns the ids."""
+    now = now or datetime.now(UTC)
+    before = now - timedelta(seconds=ctx.settings.redispatch_after_s)
+    with ctx.engine.begin() as conn:
+        due = list(conn.execute(repo.due_deliveries_stmt(now=now, dispatched_before=before, limit=BATCH)).scalars())
+    published = []
+    for delivery_id in due:
+        with ctx.engine.begin() as conn:
+            if conn.execute(repo.mark_dispatched_stmt(delivery_id, now=now, dispatched_before=before)).rowcount != 1:
+                continue  # another worker's dispatcher took it
+        ctx.app.send_task(WEBHOOK_TASK, args=[str(delivery_id)], queue=WEBHOOK_QUEUE)
+        published.append(str(delivery_id))
+    return published
+
+
+class WebhookDispatcherThread(threading.Thread):
+    def __init__(self, get_context: Callable[[], WorkerContext], interval_s: float) -> None:
+        super().__init__(name="webhook-dispatcher", daemon=True)
+        self._get_context = get_context
+        self._interval_s = interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self._interval_s):
+            try:
+                publish_due(self._get_context())
+            except Exception as exc:  # database or broker briefly away: try again next round
+                log.warning("webhook dispatch failed: %s", type(exc).__name__)
+
+
+def register_webhooks(app: Celery, holder: ContextHolder, settings: Settings, *, dispatcher: bool = True) -> None:
+    """The ``webhooks.deliver`` task, its queue (consumed by every worker) and the dispatcher thread."""
+    queues = list(app.conf.task_queues or [Queue(app.conf.task_default_queue)])
+    if all(q.name != WEBHOOK_QUEUE for q in queues):
+        queues.append(Queue(WEBHOOK_QUEUE))
+    app.conf.task_queues = queues
+    senders = SenderHolder(settings)
+
+    @app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True)
+    def deliver_webhook(delivery_id: str) -> str:
+        try:
+            parsed = uuid.UUID(delivery_id)
+        except ValueError:
+            log.error("dropping webhook message with a malformed delivery id")
+            return "malformed"
+        ctx = holder.get()
+        return deliver(ctx.engine, senders.get(), ctx.settings, parsed)
+
+    if dispatcher:
+        thread = WebhookDispatcherThread(holder.get, settings.webhook_dispatch_interval_s)
+
+        @signals.worker_ready.connect(weak=False)
+        def _start_dispatcher(**_: Any) -> None:
+            thread.start()
+
+        @signals.worker_shutdown.connect(weak=False)
+        def _stop_dispatcher(**_: Any) -> None:
+            thread.stopped.set()
