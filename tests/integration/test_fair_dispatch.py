@@ -30,7 +30,9 @@ def ctx(pg_settings: Settings) -> Iterator[WorkerContext]:
     context.engine.dispose()
 
 
-def backlog(ctx: WorkerContext, tenant_id: uuid.UUID, count: int, *, priority: int = 0, start: datetime) -> list[uuid.UUID]:
+def backlog(
+    ctx: WorkerContext, tenant_id: uuid.UUID, count: int, *, priority: int = 0, start: datetime
+) -> list[uuid.UUID]:
     ids = [uuid.uuid4() for _ in range(count)]
     rows = [
         {

@@ -93,7 +93,9 @@ async def test_multipart_retry_with_a_new_boundary_still_matches(api: TestClient
     assert ids[0] == ids[1]
 
 
-async def test_same_key_with_another_body_is_422_and_keys_are_per_tenant(api: TestClient, pg_settings: Settings) -> None:
+async def test_same_key_with_another_body_is_422_and_keys_are_per_tenant(
+    api: TestClient, pg_settings: Settings
+) -> None:
     _, key = new_tenant(pg_settings)
     _, other = new_tenant(pg_settings)
     headers = auth(key, **{"Idempotency-Key": "shared"})
