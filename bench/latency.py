@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import secrets
 import shutil
+import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,11 +205,26 @@ def processes(env: dict[str, str], tmp: Path, latency_ms: float, keep_logs: bool
 
 # --- the two paths -------------------------------------------------------------------------------
 
-def direct_sample(image: bytes, prompts: list[str], settings: object, client: object) -> tuple[float, float]:
+def direct_caller(client: object) -> dict[str, object]:
+    """The keyword that hands ``segment`` its endpoint: ``client``, or a one-row ``batcher`` around it.
+
+    A direct caller sends one image per request, so a batcher (if this version has one) gets
+    max_rows=1, which calls the client straight away.
+    """
+    from workers.pipeline import segment
+
+    if "batcher" in inspect.signature(segment).parameters:
+        from workers.batching import RowBatcher
+
+        return {"batcher": RowBatcher(client, 1, 0.0)}  # type: ignore[arg-type]
+    return {"client": client}
+
+
+def direct_sample(image: bytes, prompts: list[str], settings: object, caller: dict[str, object]) -> tuple[float, float]:
     from workers.pipeline import segment
 
     t0 = time.perf_counter()
-    result = segment(image, prompts, settings=settings, client=client, job_id=str(uuid.uuid4()))  # type: ignore[arg-type]
+    result = segment(image, prompts, settings=settings, job_id=str(uuid.uuid4()), **caller)  # type: ignore[arg-type]
     elapsed = (time.perf_counter() - t0) * 1e3
     assert len(result.masks) == len(prompts)
     return elapsed, float(result.provenance["endpoint_seconds"]) * 1e3
@@ -294,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
                     data_dir=tmp / "direct", log_level="WARNING",
                 )
                 client = EndpointClient(direct_settings, limiter=LocalInFlightLimiter(8))
+                caller = direct_caller(client)
                 http = httpx.Client(
                     base_url=str(procs["gateway"]), headers={"Authorization": f"Bearer {api_key}"},
                     timeout=httpx.Timeout(SAMPLE_TIMEOUT_S, connect=5.0),
@@ -305,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
                     for _ in range(args.warmup):
                         if time.monotonic() > deadline:
                             break
-                        direct_sample(image, prompts, direct_settings, client)
+                        direct_sample(image, prompts, direct_settings, caller)
                         gateway_sample(http, image)
 
                     direct: list[float] = []
@@ -317,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
                         order = (0, 1) if i % 2 == 0 else (1, 0)
                         for which in order:
                             if which == 0:
-                                ms, endpoint_ms = direct_sample(image, prompts, direct_settings, client)
+                                ms, endpoint_ms = direct_sample(image, prompts, direct_settings, caller)
                                 direct.append(ms)
                                 direct_endpoint.append(endpoint_ms)
                             else:
@@ -352,7 +369,9 @@ def passed(direct: list[float], via: list[dict[str, float]]) -> bool:
     return p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS
 
 
-def report(direct: list[float], direct_endpoint: list[float], via: list[dict[str, float]], args: argparse.Namespace) -> None:
+def report(
+    direct: list[float], direct_endpoint: list[float], via: list[dict[str, float]], args: argparse.Namespace
+) -> None:
     total = [v["total"] for v in via]
     n = min(len(direct), len(total))
     paired = [total[i] - direct[i] for i in range(n)]
@@ -399,6 +418,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.samples < 1 or args.warmup < 0:
         parser.error("--samples must be >= 1 and --warmup >= 0")
+    # A plain kill must still drop the database, delete the Redis keys and stop the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(run(args))
 
 

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     endpoint_instance_count: int = 1
     #: How long a crashed worker's in-flight slot stays taken; live holders renew theirs.
     endpoint_in_flight_lease_s: float = 30.0
+    #: Rows (images of different jobs) per endpoint request. The docs advise few rows for 1024²
+    #: images (bandwidth 5 MB/s per endpoint), so 1 by default.
+    endpoint_max_rows_per_request: int = 1
+    #: How long a row waits for batch-mates when rows per request > 1.
+    endpoint_batch_wait_s: float = 0.01
     #: Side of the square PNG the model accepts.
     endpoint_image_size: int = 1024
     #: zlib level of the PNG we send: level 1 costs a third of Pillow's default 6 for ~15 % more bytes.

@@ -16,6 +16,7 @@ from medparse.endpoint.client import EndpointClient
 from medparse.endpoint.limiter import make_in_flight_limiter
 from medparse.events import JobEventNotifier, make_notifier
 from medparse.settings import Settings
+from workers.batching import RowBatcher
 
 
 @dataclass
@@ -23,6 +24,7 @@ class WorkerContext:
     settings: Settings
     engine: Engine
     client: EndpointClient
+    batcher: RowBatcher
     notifier: JobEventNotifier
     app: Celery
     #: wakes this process's dispatcher (a worker slot freed up, or the sweeper returned jobs)
@@ -44,14 +46,16 @@ class ContextHolder:
         with self._lock:
             if self._context is None or self._pid != os.getpid():
                 settings = self._settings
+                client = EndpointClient(settings, limiter=make_in_flight_limiter(
+                    settings,
+                    redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
+                    lease_s=settings.endpoint_in_flight_lease_s,
+                ))
                 self._context = WorkerContext(
                     settings=settings,
                     engine=make_sync_engine(settings, system_scope=True),
-                    client=EndpointClient(settings, limiter=make_in_flight_limiter(
-                        settings,
-                        redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
-                        lease_s=settings.endpoint_in_flight_lease_s,
-                    )),
+                    client=client,
+                    batcher=RowBatcher(client, settings.endpoint_max_rows_per_request, settings.endpoint_batch_wait_s),
                     notifier=make_notifier(settings),
                     app=self._app,
                     wake_dispatcher=self._wake_dispatcher,

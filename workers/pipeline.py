@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from medparse import __version__, imaging, masks
-from medparse.endpoint.client import EndpointClient, ScoreRow
+from medparse.endpoint.client import ScoreRow
 from medparse.settings import Settings
+from workers.batching import RowBatcher
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Segmentation:
 
 
 def segment(
-    image: bytes, prompts: list[str], *, settings: Settings, client: EndpointClient, job_id: str
+    image: bytes, prompts: list[str], *, settings: Settings, batcher: RowBatcher, job_id: str
 ) -> Segmentation:
     prepared = imaging.prepare_image(
         image,
@@ -43,8 +44,8 @@ def segment(
         png_compress_level=settings.endpoint_png_compress_level,
         max_pixels=settings.max_image_pixels,
     )
-    scored = client.score([ScoreRow(image_png=prepared.png, prompts=prompts)], job_id=job_id)
-    (row,) = scored.rows
+    scored_row = batcher.score(ScoreRow(image_png=prepared.png, prompts=prompts), job_id=job_id)
+    row, scored = scored_row.row, scored_row.call
     binary = masks.masks_to_original(row.masks, prepared.geometry)
     stored = []
     for index, (prompt, label, mask) in enumerate(zip(prompts, row.labels, binary, strict=True)):
@@ -62,6 +63,7 @@ def segment(
         "endpoint_client_request_id": scored.client_request_id,
         "endpoint_server_request_id": scored.server_request_id,
         "endpoint_http_attempts": scored.attempts,
+        "endpoint_rows_in_request": scored_row.batch_size,
         "endpoint_seconds": round(scored.seconds, 4),
         "preprocessing": prepared.params,
         "threshold": 128,

@@ -37,7 +37,7 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
     started = time.monotonic()
     with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):
         try:
-            result = segment(claimed.image, claimed.prompts, settings=settings, client=ctx.client, job_id=job_id_text)
+            result = segment(claimed.image, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id_text)
             outcome = "succeeded" if lifecycle.finish(ctx.engine, claimed, result) else "discarded"
         except ImageRejected as exc:
             lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)

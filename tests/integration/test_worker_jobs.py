@@ -158,3 +158,53 @@ def test_a_job_whose_message_was_lost_is_dispatched_again(ctx: WorkerContext) ->
     assert dispatch_round(ctx) == [str(job_id)]
     assert client.llen(queue_key) == 1
     client.close()
+
+
+def test_concurrent_jobs_share_one_request_up_to_the_row_setting(pg_settings: Settings, emulator: str) -> None:
+    settings = pg_settings.model_copy(
+        update={
+            "endpoint_scoring_uri": f"{emulator}/score", "endpoint_key": SecretStr(KEY),
+            "endpoint_max_rows_per_request": 3, "endpoint_batch_wait_s": 2.0,
+        }
+    )
+    context = ContextHolder(settings, make_celery(settings, sweeper=False)).get()
+    admin = {"Authorization": f"Bearer {KEY}"}
+    httpx.post(f"{emulator}/_emulator/config", json={"reset_stats": True}, headers=admin)
+    job_ids = [new_job(context) for _ in range(3)]
+    outcomes: list[str] = []
+    threads = [threading.Thread(target=lambda j=j: outcomes.append(run_job(context, str(j)))) for j in job_ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    stats = httpx.get(f"{emulator}/_emulator/stats", headers=admin).json()
+    assert outcomes == ["succeeded"] * 3
+    assert stats["requests_total"] == 1 and stats["rows_scored"] == 3
+    assert all(job_row(context, j)["result_meta"]["endpoint_rows_in_request"] == 3 for j in job_ids)  # type: ignore[index]
+    context.client.close()
+    context.engine.dispose()
+
+
+def test_a_rejected_row_does_not_fail_its_batch_mates(ctx: WorkerContext) -> None:
+    from medparse.endpoint.client import ScoreRow
+    from medparse.endpoint.errors import EndpointRejectedInput
+    from workers.batching import RowBatcher
+
+    batcher = RowBatcher(ctx.client, max_rows=3, wait_s=5.0)
+    good_png, _ = organ_image()
+    rows = [ScoreRow(good_png, ["liver"]), ScoreRow(b"not a png at all", ["liver"]), ScoreRow(good_png, ["tumor"])]
+    results: dict[int, object] = {}
+
+    def send(i: int) -> None:
+        try:
+            results[i] = batcher.score(rows[i], job_id=f"job-{i}").row.labels
+        except EndpointRejectedInput as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results[0] == ["liver"] and results[2] == ["tumor"]
+    assert isinstance(results[1], EndpointRejectedInput)

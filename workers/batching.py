@@ -1,0 +1,83 @@
+"""Several jobs' images in one endpoint request (``input_data.data`` rows), up to a setting.
+
+Worker threads of one process hand their row to the batcher and wait up to
+``endpoint_batch_wait_s`` for company; the first thread whose wait ends sends every row pending
+at that moment (at most ``endpoint_max_rows_per_request``), or a full batch goes out at once.
+No extra threads: a sender is always one of the waiting task threads, so the global in-flight
+cap still counts one slot per HTTP attempt. One bad image must not fail its batch-mates: a
+batch the endpoint rejects as input (4xx) is retried row by row.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from medparse.endpoint.client import EndpointClient, ScoreRow
+from medparse.endpoint.errors import EndpointRejectedInput
+from medparse.endpoint.protocol import RowResult, ScoreResult
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    row: RowResult
+    call: ScoreResult
+    #: rows that shared the request
+    batch_size: int
+
+
+@dataclass
+class _Pending:
+    row: ScoreRow
+    job_id: str
+    future: Future[ScoredRow] = field(default_factory=Future)
+
+
+class RowBatcher:
+    def __init__(self, client: EndpointClient, max_rows: int, wait_s: float) -> None:
+        self._client = client
+        self._max_rows = max(1, max_rows)
+        self._wait_s = wait_s
+        self._lock = threading.Lock()
+        self._pending: list[_Pending] = []
+
+    def score(self, row: ScoreRow, *, job_id: str) -> ScoredRow:
+        if self._max_rows == 1:
+            call = self._client.score([row], job_id=job_id)
+            return ScoredRow(call.rows[0], call, 1)
+        mine = _Pending(row, job_id)
+        with self._lock:
+            self._pending.append(mine)
+            batch = self._take() if len(self._pending) >= self._max_rows else None
+        if batch is None:
+            try:
+                return mine.future.result(timeout=self._wait_s)
+            except TimeoutError:
+                with self._lock:
+                    batch = self._take() if mine in self._pending else None
+        if batch is not None:
+            self._send(batch)
+        return mine.future.result()
+
+    def _take(self) -> list[_Pending]:
+        batch, self._pending = self._pending[: self._max_rows], self._pending[self._max_rows :]
+        return batch
+
+    def _send(self, batch: list[_Pending]) -> None:
+        job_ids = ",".join(p.job_id for p in batch)
+        try:
+            call = self._client.score([p.row for p in batch], job_id=job_ids)
+        except EndpointRejectedInput as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            for pending in batch:  # find the culprit without failing the others
+                self._send([pending])
+            return
+        except BaseException as exc:  # the call failed for every row alike
+            for pending in batch:
+                pending.future.set_exception(exc)
+            return
+        for pending, result in zip(batch, call.rows, strict=True):
+            pending.future.set_result(ScoredRow(result, call, len(batch)))
