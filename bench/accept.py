@@ -65,6 +65,12 @@ TARGET_JOBS_S = 1000.0
 TARGET_P99_MS = 50.0
 TARGET_RATIO = 0.5
 REQUEST_TIMEOUT_S = 30.0
+#: Per-tenant limits lifted for the measurement (``--default-quotas`` keeps the configured ones).
+QUOTA_ENV = {
+    "MEDPARSE_TENANT_RATE_LIMIT_RPS": "1000000",
+    "MEDPARSE_TENANT_RATE_LIMIT_BURST": "1000000",
+    "MEDPARSE_TENANT_MAX_QUEUED_JOBS": "100000000",
+}
 DRAIN_S = 10.0
 
 
@@ -170,33 +176,36 @@ class HttpConnection(asyncio.Protocol):
         if self.fut is not None:
             self._parse()
 
+    def _parse_head(self, end: int) -> None:
+        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split(" ", 2)[1])
+        length, chunked, close = None, False, False
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+            elif name == "connection" and value.strip().lower() == "close":
+                close = True
+        self.head_end = end + 4
+        self.close_after = close
+        if chunked:
+            self.body_end = -2
+        elif length is None:
+            self.body_end = self.head_end  # no body we can delimit; treat as empty
+            self.close_after = True
+        else:
+            self.body_end = self.head_end + length
+
     def _parse(self) -> None:
         buf = self.buf
         if self.body_end == -1:
             i = buf.find(b"\r\n\r\n")
             if i < 0:
                 return
-            lines = bytes(buf[:i]).decode("latin-1").split("\r\n")
-            self.status = int(lines[0].split(" ", 2)[1])
-            length, chunked, close = None, False, False
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "transfer-encoding" and "chunked" in value.lower():
-                    chunked = True
-                elif name == "connection" and value.strip().lower() == "close":
-                    close = True
-            self.head_end = i + 4
-            self.close_after = close
-            if chunked:
-                self.body_end = -2
-            elif length is None:
-                self.body_end = self.head_end  # no body we can delimit; treat as empty
-                self.close_after = True
-            else:
-                self.body_end = self.head_end + length
+            self._parse_head(i)
         if self.body_end == -2:
             j = buf.find(b"0\r\n\r\n", self.head_end)
             if j < 0:
@@ -271,9 +280,9 @@ async def _one(conn_box: list[HttpConnection], port: int, req: bytes, st: GenSta
     return status, time.monotonic()
 
 
-async def _closed_loop(conns: list[HttpConnection], port: int, req: bytes, t_start: float, t_end: float,
+async def _closed_loop(conns: list[HttpConnection], port: int, reqs: list[bytes], t_start: float, t_end: float,
                        st: GenStats) -> None:
-    async def worker(conn: HttpConnection) -> None:
+    async def worker(conn: HttpConnection, req: bytes) -> None:
         box = [conn]
         while True:
             t_send = time.monotonic()
@@ -291,15 +300,15 @@ async def _closed_loop(conns: list[HttpConnection], port: int, req: bytes, t_sta
                 else:
                     st.window_other[status] += 1
 
-    await asyncio.gather(*(worker(c) for c in conns))
+    await asyncio.gather(*(worker(c, reqs[i % len(reqs)]) for i, c in enumerate(conns)))
 
 
-async def _open_loop(conns: list[HttpConnection], port: int, req: bytes, rate: float, t0: float,
+async def _open_loop(conns: list[HttpConnection], port: int, reqs: list[bytes], rate: float, t0: float,
                      t_start: float, t_end: float, st: GenStats) -> None:
     queue: asyncio.Queue[float] = asyncio.Queue()
     total = int((t_end - t0) * rate)
 
-    async def worker(conn: HttpConnection) -> None:
+    async def worker(conn: HttpConnection, req: bytes) -> None:
         box = [conn]
         while True:
             scheduled = await queue.get()
@@ -318,7 +327,7 @@ async def _open_loop(conns: list[HttpConnection], port: int, req: bytes, rate: f
             finally:
                 queue.task_done()
 
-    workers = [asyncio.create_task(worker(c)) for c in conns]
+    workers = [asyncio.create_task(worker(c, reqs[i % len(reqs)])) for i, c in enumerate(conns)]
     i = 0
     while i < total:
         now = time.monotonic()
@@ -350,9 +359,9 @@ async def _generate(cfg: dict[str, Any], ctl: Any) -> dict[str, Any]:
     await asyncio.sleep(max(0.0, t0 - time.monotonic()))
     st = GenStats()
     if cfg["rate"]:
-        await _open_loop(conns, cfg["port"], cfg["request"], cfg["rate"], t0, t_start, t_end, st)
+        await _open_loop(conns, cfg["port"], cfg["requests"], cfg["rate"], t0, t_start, t_end, st)
     else:
-        await _closed_loop(conns, cfg["port"], cfg["request"], t_start, t_end, st)
+        await _closed_loop(conns, cfg["port"], cfg["requests"], t_start, t_end, st)
     for c in conns:
         if c.transport is not None:
             c.transport.close()
@@ -410,7 +419,7 @@ def serve_baseline(args: argparse.Namespace) -> None:
     import asyncpg
     import orjson
     import redis.asyncio as aioredis
-    from aiohttp import web
+    from aiohttp import BodyPartReader, web
 
     async def on_startup(app: web.Application) -> None:
         app["pool"] = await asyncpg.create_pool(args.dsn, min_size=8, max_size=16)
@@ -425,12 +434,12 @@ def serve_baseline(args: argparse.Namespace) -> None:
         image = prompts = None
         for _ in range(8):
             part = await reader.next()
-            if part is None:
+            if not isinstance(part, BodyPartReader):
                 break
             if part.name == "image":
-                image = await part.read()  # type: ignore[union-attr]
+                image = await part.read()
             elif part.name == "prompts":
-                prompts = await part.text()  # type: ignore[union-attr]
+                prompts = await part.text()
         if not image or prompts is None:
             return web.Response(status=422, body=b'{"error":"image and prompts required"}',
                                 content_type="application/json")
@@ -543,12 +552,12 @@ def cpu_snapshot(roles: dict[int, str], dbname: str = "") -> CpuSnapshot:
 def cpu_cores(a: CpuSnapshot, b: CpuSnapshot) -> dict[str, float]:
     """Cores used between two snapshots by role (``<role>.sys`` for our own pids' kernel share)."""
     span = b.wall - a.wall
-    used: Counter[str] = Counter()
+    used: dict[str, float] = {}
     for key, (role, secs, sys_secs) in b.procs.items():
         _, secs0, sys0 = a.procs.get(key, (role, 0.0, 0.0))
-        used[role] += secs - secs0
+        used[role] = used.get(role, 0.0) + secs - secs0
         if role not in ("postgres", "redis", "other"):
-            used[f"{role}.sys"] += sys_secs - sys0
+            used[f"{role}.sys"] = used.get(f"{role}.sys", 0.0) + sys_secs - sys0
     out = {k: v / span for k, v in used.items()}
     out["total"] = (b.busy - a.busy) / span
     return out
@@ -599,26 +608,67 @@ class PhaseResult:
                 f"  202s={self.ok_total}{extra}\n      cores: {cpu}")
 
 
-def run_python_phase(name: str, port: int, request: bytes, args: argparse.Namespace, *, rate: float | None,
-                     connections: int, server_pid: int, profile_cmd: list[str] | None = None) -> PhaseResult:
+def _spawn_generators(port: int, requests: list[bytes], args: argparse.Namespace, rate: float | None,
+                      connections: int) -> list[tuple[Any, Any]]:
     procs = max(1, args.loadgen_procs)
     ctx = mp.get_context("spawn")
     children = []
+    for k in range(procs):
+        share = connections // procs + (1 if k < connections % procs else 0)
+        cfg = {
+            "port": port, "requests": requests[k:] + requests[:k], "connections": max(1, share),
+            "rate": (rate / procs) if rate else None, "warmup": args.warmup, "duration": args.duration,
+        }
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=loadgen_main, args=(cfg, child_end), daemon=True)
+        proc.start()
+        children.append((proc, parent_end))
+    return children
+
+
+def _receive(ctl: Any, timeout: float, what: str) -> Any:
+    if not ctl.poll(max(1.0, timeout)):
+        raise RuntimeError(f"load generator: no {what} in {timeout:.0f} s")
+    return ctl.recv()
+
+
+def _finish_profiler(profiler: subprocess.Popen[bytes] | None) -> None:
+    if profiler is None:
+        return
     try:
-        for k in range(procs):
-            share = connections // procs + (1 if k < connections % procs else 0)
-            cfg = {
-                "port": port, "request": request, "connections": max(1, share),
-                "rate": (rate / procs) if rate else None, "warmup": args.warmup, "duration": args.duration,
-            }
-            parent_end, child_end = ctx.Pipe()
-            proc = ctx.Process(target=loadgen_main, args=(cfg, child_end), daemon=True)
-            proc.start()
-            children.append((proc, parent_end))
-        for proc, ctl in children:
-            if not ctl.poll(60):
-                raise RuntimeError("load generator did not connect in 60 s")
-            msg = ctl.recv()
+        _, err = profiler.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        _, err = profiler.communicate()
+    if profiler.returncode:
+        print(f"  py-spy exited {profiler.returncode}: {err.decode(errors='replace')[-400:]}")
+
+
+def _aggregate(res: PhaseResult, results: list[dict[str, Any]]) -> PhaseResult:
+    latencies: list[float] = []
+    for r in results:
+        lat = array.array("d")
+        lat.frombytes(r["latencies"])
+        latencies.extend(lat)
+        res.jobs_s += r["window_ok"] / res.duration
+        res.ok_total += r["statuses"].get(202, 0)
+        res.non202_total.update({s: n for s, n in r["statuses"].items() if s != 202})
+        res.errors_total.update(r["errors"])
+        res.unsent += r["unsent"]
+        res.abandoned += r["abandoned"]
+    latencies.sort()
+    res.p50_ms, res.p90_ms, res.p99_ms = (percentile(latencies, p) * 1000 for p in (50, 90, 99))
+    res.max_ms = latencies[-1] * 1000 if latencies else math.nan
+    return res
+
+
+def run_python_phase(name: str, port: int, requests: list[bytes], args: argparse.Namespace, *, rate: float | None,
+                     connections: int, server_pid: int, profile_cmd: list[str] | None = None) -> PhaseResult:
+    """One phase with the Python generator: closed loop (``rate=None``) or paced at ``rate`` jobs/s."""
+    children = _spawn_generators(port, requests, args, rate, connections)
+    try:
+        for _, ctl in children:
+            msg = _receive(ctl, 60, "connections")
             if msg != "ready":
                 raise RuntimeError(f"load generator failed: {msg}")
         roles = {server_pid: "server", os.getpid(): "orchestrator"}
@@ -635,21 +685,12 @@ def run_python_phase(name: str, port: int, request: bytes, args: argparse.Namesp
         snap1 = cpu_snapshot(roles, args.dbname)
         results = []
         limit = time.monotonic() + DRAIN_S + REQUEST_TIMEOUT_S + 30
-        for proc, ctl in children:
-            if not ctl.poll(max(1.0, limit - time.monotonic())):
-                raise RuntimeError("load generator did not finish in time")
-            kind, payload = ctl.recv()
+        for _, ctl in children:
+            kind, payload = _receive(ctl, limit - time.monotonic(), "result")
             if kind != "result":
                 raise RuntimeError(f"load generator failed: {payload}")
             results.append(payload)
-        if profiler is not None:
-            try:
-                _, err = profiler.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                profiler.kill()
-                _, err = profiler.communicate()
-            if profiler.returncode:
-                print(f"  py-spy exited {profiler.returncode}: {err.decode(errors='replace')[-400:]}")
+        _finish_profiler(profiler)
     finally:
         for proc, _ in children:
             proc.join(timeout=5)
@@ -657,22 +698,8 @@ def run_python_phase(name: str, port: int, request: bytes, args: argparse.Namesp
                 proc.terminate()
                 proc.join(timeout=5)
     res = PhaseResult(name=name, mode="rate" if rate else "max", offered=rate, duration=args.duration)
-    latencies: list[float] = []
-    for r in results:
-        lat = array.array("d")
-        lat.frombytes(r["latencies"])
-        latencies.extend(lat)
-        res.jobs_s += r["window_ok"] / args.duration
-        res.ok_total += r["statuses"].get(202, 0)
-        res.non202_total.update({s: n for s, n in r["statuses"].items() if s != 202})
-        res.errors_total.update(r["errors"])
-        res.unsent += r["unsent"]
-        res.abandoned += r["abandoned"]
-    latencies.sort()
-    res.p50_ms, res.p90_ms, res.p99_ms = (percentile(latencies, p) * 1000 for p in (50, 90, 99))
-    res.max_ms = latencies[-1] * 1000 if latencies else math.nan
     res.cpu = cpu_cores(snap0, snap1)
-    return res
+    return _aggregate(res, results)
 
 
 def run_wrk_phase(name: str, port: int, key: str, body: bytes, ctype: str, args: argparse.Namespace,
@@ -745,190 +772,226 @@ def summarize_pyspy(path: Path, top: int = 25) -> None:
 
 # --- the benchmark ----------------------------------------------------------------------------------
 
-def run_benchmark(args: argparse.Namespace) -> int:
+def scalar(dsn: str, sql: str) -> int:
     import psycopg
-    import redis
 
-    from medparse.cli import create_tenant
-    from medparse.migrate import upgrade
-    from medparse.settings import Settings
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql).fetchone()
+    assert row is not None
+    return int(row[0])
 
-    tag = uuid.uuid4().hex[:10]
-    dbname = args.dbname = f"medparse_bench_{tag}"
-    namespace = f"mpbench-{tag}"
-    tmp = Path(tempfile.mkdtemp(prefix="medparse-bench-"))
-    admin = args.pg_admin_url
-    db_sync = admin.rsplit("/", 1)[0] + f"/{dbname}"
-    db_async = db_sync.replace("postgresql://", "postgresql+asyncpg://", 1)
-    servers: list[subprocess.Popen[bytes]] = []
-    created = False
-    results: dict[str, PhaseResult] = {}
-    counts: dict[str, tuple[int, int, int]] = {}  # name -> (rows in Postgres, 202s counted, outcome unknown)
-    queued: dict[str, tuple[int, int]] = {}  # name -> (ids in Redis, 202s counted)
-    use_wrk = shutil.which("wrk") is not None and not args.no_wrk
+
+class Benchmark:
+    """One run: throwaway database and Redis namespace, the two servers, their phases, the checks."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        tag = uuid.uuid4().hex[:10]
+        self.dbname = args.dbname = f"medparse_bench_{tag}"
+        self.namespace = f"mpbench-accept-{tag}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="medparse-bench-"))
+        self.db_sync = args.pg_admin_url.rsplit("/", 1)[0] + f"/{self.dbname}"
+        self.db_async = self.db_sync.replace("postgresql://", "postgresql+asyncpg://", 1)
+        self.servers: list[subprocess.Popen[bytes]] = []
+        self.created = False
+        self.results: dict[str, PhaseResult] = {}
+        self.counts: dict[str, tuple[int, int, int]] = {}  # name -> (rows, 202s counted, outcome unknown)
+        self.queued: dict[str, tuple[int, int]] = {}  # name -> (ids in Redis, 202s counted)
+        self.use_wrk = shutil.which("wrk") is not None and not args.no_wrk
+        self.env: dict[str, str] = {}
+        self.keys: list[str] = []
+        self.body = b""
+        self.ctype = ""
+
+    # -- set-up and clean-up ----------------------------------------------------------------------
+    def setup(self) -> None:
+        import psycopg
+
+        from medparse.cli import create_tenant
+        from medparse.migrate import upgrade
+        from medparse.settings import Settings
+
+        args = self.args
+        with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.dbname}"')
+        self.created = True
+        settings = Settings(database_url=self.db_async, redis_url=args.redis_url, redis_namespace=self.namespace,
+                            data_dir=self.tmp / "var")
+        upgrade(settings)
+        self.keys = [create_tenant(settings, f"bench-{i}")[1] for i in range(args.tenants)]
+        png, sigma = ct_like_png(args.image_kb * 1000)
+        self.body, self.ctype = multipart_body(png, PROMPTS)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPARSE_")}
+        self.env.update(
+            MEDPARSE_DATA_DIR=str(self.tmp / "var"), MEDPARSE_DATABASE_URL=self.db_async,
+            MEDPARSE_REDIS_URL=args.redis_url, MEDPARSE_REDIS_NAMESPACE=self.namespace, MEDPARSE_HOST="127.0.0.1",
+            MEDPARSE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
+        )
+        if not args.default_quotas:
+            # Capacity, not policy, is measured: lift the per-tenant request rate and queue caps.
+            self.env.update(QUOTA_ENV)
+        print(f"database {self.dbname}, redis namespace {self.namespace}")
+        print(f"upload: 256x256 8-bit grayscale PNG, {len(png):,} bytes (noise sigma {sigma:.1f}); "
+              f"multipart body {len(self.body):,} bytes; prompts {PROMPTS!r}")
+        print(f"load: warm-up {args.warmup:g} s + {args.duration:g} s measured per phase; max phase "
+              f"{args.connections} connections ({'wrk' if self.use_wrk else 'python generator'}); paced phase "
+              f"{args.rate:g} jobs/s over up to {args.rate_connections} connections; "
+              f"{args.loadgen_procs} generator process(es)")
+
+    def cleanup(self) -> None:
+        import psycopg
+        import redis
+
+        for proc in self.servers:
+            stop_process(proc)
+        if self.created:
+            try:
+                with psycopg.connect(self.args.pg_admin_url, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{self.dbname}" WITH (FORCE)')
+            except Exception as exc:  # report, keep cleaning up
+                print(f"WARNING: could not drop database {self.dbname}: {exc}")
+        try:
+            client = redis.Redis.from_url(self.args.redis_url)
+            keys = list(client.scan_iter(match=f"{self.namespace}*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+        except Exception as exc:
+            print(f"WARNING: could not delete redis keys {self.namespace}*: {exc}")
+        if self.args.keep_logs:
+            print(f"logs kept in {self.tmp}")
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- servers and phases -----------------------------------------------------------------------
+    def start_server(self, name: str, cmd: list[str], port: int) -> subprocess.Popen[bytes]:
+        with (self.tmp / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(cmd, env={**self.env, "MEDPARSE_PORT": str(port)}, cwd=REPO, stdout=log,
+                                    stderr=subprocess.STDOUT)
+        self.servers.append(proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        status, reply = smoke_post(port, raw_request(port, self.keys[0], self.body, self.ctype))
+        print(f"{name} pid {proc.pid} on :{port}; smoke POST -> {status} {reply[:120].decode(errors='replace')}")
+        if status != 202:
+            raise RuntimeError(f"the {name} did not accept the smoke-test job")
+        return proc
+
+    def load(self, name: str, port: int, pid: int) -> None:
+        """The max phase, then the paced phase if the max reaches the offered rate."""
+        args = self.args
+        req = [raw_request(port, key, self.body, self.ctype) for key in self.keys]
+        if self.use_wrk:  # one tenant only: wrk sends one fixed request
+            r = run_wrk_phase(name, port, self.keys[0], self.body, self.ctype, args, self.tmp, pid)
+        else:
+            r = run_python_phase(name, port, req, args, rate=None, connections=args.connections, server_pid=pid)
+        self.results[f"{name} max"] = r
+        print(r.line(), flush=True)
+        if r.jobs_s >= args.rate * 0.9 or args.always_rate:
+            r = run_python_phase(name, port, req, args, rate=args.rate, connections=args.rate_connections,
+                                 server_pid=pid)
+            self.results[f"{name} rate"] = r
+            print(r.line(), flush=True)
+        else:
+            print(f"  {name:<9} rate: skipped, the maximum is below {args.rate:g} jobs/s (--always-rate runs it)")
+
+    def profile(self, port: int, pid: int) -> None:
+        args = self.args
+        pyspy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        if pyspy is None:
+            print("  --profile: py-spy not found (pip install py-spy)")
+            return
+        out = self.tmp / "gateway.pyspy.txt"
+        cmd = [pyspy, "record", "--pid", str(pid), "--duration", str(int(args.duration)),
+               "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)]
+        if args.profile_gil:
+            cmd.append("--gil")  # only the thread holding the GIL: CPU in Python, not syscalls
+        req = [raw_request(port, key, self.body, self.ctype) for key in self.keys]
+        r = run_python_phase("gateway", port, req, args, rate=None, connections=args.connections,
+                             server_pid=pid, profile_cmd=cmd)
+        r.tool = "python+py-spy"
+        self.results["gateway profiled"] = r
+        print(r.line(), flush=True)
+        if out.exists():
+            summarize_pyspy(out)
+            if args.profile_out:
+                shutil.copy(out, args.profile_out)
+
+    def accepted(self, prefix: str) -> int:
+        """202s of all phases of one server, plus its smoke-test job."""
+        return 1 + sum(v.ok_total for k, v in self.results.items() if k.startswith(prefix))
+
+    def run_gateway(self) -> None:
+        import redis
+
+        port = free_port()
+        cmd = (shlex.split(self.args.gateway_cmd) if self.args.gateway_cmd
+               else [sys.executable, "-m", "medparse.cli", "serve"])
+        gateway = self.start_server("gateway", cmd, port)
+        print("\nphases:")
+        self.load("gateway", port, gateway.pid)
+        if self.args.profile:
+            self.profile(port, gateway.pid)
+        expected = self.accepted("gateway")
+        client = redis.Redis.from_url(self.args.redis_url)
+        queue_key = f"{self.namespace}:segmentation"
+        deadline = time.monotonic() + 10  # a publisher may send in batches after the commit
+        last = -1
+        while time.monotonic() < deadline and last != (now := client.llen(queue_key)) and now < expected:
+            last = now
+            time.sleep(0.5)
+        stop_process(gateway)
+        self.queued["gateway"] = (int(client.llen(queue_key)), expected)
+        client.close()
+        rows = scalar(self.db_sync, "SELECT count(*) FROM jobs")
+        inputs = scalar(self.db_sync, "SELECT count(*) FROM job_inputs")
+        self.counts["gateway"] = (rows, expected, unknown_outcomes(self.results, "gateway"))
+        if inputs != rows:
+            print(f"  WARNING: {rows} job rows but {inputs} job_inputs rows")
+        lines = (self.tmp / "gateway.log").read_text(errors="replace").strip().splitlines()
+        if len(lines) > 1:
+            print(f"  gateway log: {len(lines)} line(s); last ones:")
+            for line in lines[-5:]:
+                print(f"    {line[:200]}")
+
+    def run_baseline(self) -> None:
+        import psycopg
+        import redis
+
+        with psycopg.connect(self.db_sync, autocommit=True) as conn:
+            conn.execute(
+                f"CREATE TABLE {BASELINE_TABLE} (id uuid PRIMARY KEY, prompts text NOT NULL, "
+                "image bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            )
+        port = free_port()
+        list_key = f"{self.namespace}:baseline"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline", "--port", str(port),
+               "--dsn", self.db_sync, "--redis-url", self.args.redis_url, "--redis-key", list_key]
+        baseline = self.start_server("baseline", cmd, port)
+        self.load("baseline", port, baseline.pid)
+        stop_process(baseline)
+        expected = self.accepted("baseline")
+        rows = scalar(self.db_sync, f"SELECT count(*) FROM {BASELINE_TABLE}")
+        self.counts["baseline"] = (rows, expected, unknown_outcomes(self.results, "baseline"))
+        client = redis.Redis.from_url(self.args.redis_url)
+        self.queued["baseline"] = (int(client.llen(list_key)), expected)
+        client.close()
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
     snap0 = cpu_snapshot({os.getpid(): "orchestrator"})
     time.sleep(1.0)
     busy = cpu_cores(snap0, cpu_snapshot({os.getpid(): "orchestrator"}))["total"]
     print(f"machine: {os.cpu_count()} CPUs, {busy:.2f} cores busy before the benchmark"
           + ("  ** WARNING: other load on the box; figures will be low and noisy **" if busy > 0.15 else ""))
+    bench = Benchmark(args)
     try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{dbname}"')
-        created = True
-        settings = Settings(database_url=db_async, redis_url=args.redis_url, redis_namespace=namespace,
-                            data_dir=tmp / "var")
-        upgrade(settings)
-        _, key = create_tenant(settings, "bench")
-        png, sigma = ct_like_png(args.image_kb * 1000)
-        body, ctype = multipart_body(png, PROMPTS)
-        print(f"database {dbname}, redis namespace {namespace}")
-        print(f"upload: 256x256 8-bit grayscale PNG, {len(png):,} bytes (noise sigma {sigma:.1f}); "
-              f"multipart body {len(body):,} bytes; prompts {PROMPTS!r}")
-        print(f"load: warm-up {args.warmup:g} s + {args.duration:g} s measured per phase; max phase "
-              f"{args.connections} connections ({'wrk' if use_wrk else 'python generator'}); paced phase "
-              f"{args.rate:g} jobs/s over up to {args.rate_connections} connections; "
-              f"{args.loadgen_procs} generator process(es)")
-
-        # -- the gateway --------------------------------------------------------------------------
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPARSE_")}
-        env.update(
-            MEDPARSE_DATA_DIR=str(tmp / "var"), MEDPARSE_DATABASE_URL=db_async, MEDPARSE_REDIS_URL=args.redis_url,
-            MEDPARSE_REDIS_NAMESPACE=namespace, MEDPARSE_HOST="127.0.0.1", MEDPARSE_PORT=str(port),
-            MEDPARSE_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1",
-        )
-        gw_log = tmp / "gateway.log"
-        with gw_log.open("ab") as log:
-            cmd = shlex.split(args.gateway_cmd) if args.gateway_cmd else [sys.executable, "-m", "medparse.cli", "serve"]
-            gateway = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        servers.append(gateway)
-        wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
-        req = raw_request(port, key, body, ctype)
-        status, reply = smoke_post(port, req)
-        print(f"gateway pid {gateway.pid} on :{port}; smoke POST -> {status} {reply[:160].decode(errors='replace')}")
-        if status != 202:
-            raise RuntimeError("the gateway did not accept the smoke-test job")
-        smoke_ok = {"gateway": 1}
-
-        print("\nphases:")
-        if use_wrk:
-            r = run_wrk_phase("gateway", port, key, body, ctype, args, tmp, gateway.pid)
-        else:
-            r = run_python_phase("gateway", port, req, args, rate=None, connections=args.connections,
-                                 server_pid=gateway.pid)
-        results["gateway max"] = r
-        print(r.line(), flush=True)
-        if r.jobs_s >= args.rate * 0.9 or args.always_rate:
-            r = run_python_phase("gateway", port, req, args, rate=args.rate, connections=args.rate_connections,
-                                 server_pid=gateway.pid)
-            results["gateway rate"] = r
-            print(r.line(), flush=True)
-        else:
-            print(f"  gateway   rate: skipped, the maximum is below {args.rate:g} jobs/s (--always-rate runs it)")
-        if args.profile:
-            pyspy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-            if pyspy is None:
-                print("  --profile: py-spy not found (pip install py-spy)")
-            else:
-                out = tmp / "gateway.pyspy.txt"
-                cmd = [pyspy, "record", "--pid", str(gateway.pid), "--duration", str(int(args.duration)),
-                       "--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)]
-                if args.profile_gil:
-                    cmd.append("--gil")  # only the thread holding the GIL: CPU in Python, not syscalls
-                r = run_python_phase("gateway", port, req, args, rate=None, connections=args.connections,
-                                     server_pid=gateway.pid, profile_cmd=cmd)
-                r.tool = "python+py-spy"
-                results["gateway profiled"] = r
-                print(r.line(), flush=True)
-                if out.exists():
-                    summarize_pyspy(out)
-                    if args.profile_out:
-                        shutil.copy(out, args.profile_out)
-        expected = smoke_ok["gateway"] + sum(v.ok_total for k, v in results.items() if k.startswith("gateway"))
-        redis_client = redis.Redis.from_url(args.redis_url)
-        queue_key = f"{namespace}:segmentation"
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and redis_client.llen(queue_key) < expected:
-            time.sleep(0.2)
-        stop_process(gateway)
-        queued["gateway"] = (int(redis_client.llen(queue_key)), expected)
-        with psycopg.connect(db_sync) as conn:
-            rows = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
-            inputs = conn.execute("SELECT count(*) FROM job_inputs").fetchone()[0]
-        counts["gateway"] = (rows, expected, unknown_outcomes(results, "gateway"))
-        if inputs != rows:
-            print(f"  WARNING: {rows} job rows but {inputs} job_inputs rows")
-        log_text = gw_log.read_text(errors="replace").strip()
-        if log_text:
-            lines = log_text.splitlines()
-            print(f"  gateway log: {len(lines)} line(s); last ones:")
-            for line in lines[-5:]:
-                print(f"    {line[:200]}")
-
-        # -- the baseline -------------------------------------------------------------------------
+        bench.setup()
+        bench.run_gateway()
         if not args.skip_baseline:
-            with psycopg.connect(db_sync, autocommit=True) as conn:
-                conn.execute(
-                    f"CREATE TABLE {BASELINE_TABLE} (id uuid PRIMARY KEY, prompts text NOT NULL, "
-                    "image bytea NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
-                )
-            bport = free_port()
-            bkey = f"{namespace}:baseline"
-            with (tmp / "baseline.log").open("ab") as log:
-                baseline = subprocess.Popen(
-                    [sys.executable, str(Path(__file__).resolve()), "--serve-baseline", "--port", str(bport),
-                     "--dsn", db_sync, "--redis-url", args.redis_url, "--redis-key", bkey],
-                    env={**env, "PYTHONUNBUFFERED": "1"}, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                )
-            servers.append(baseline)
-            wait_http(f"http://127.0.0.1:{bport}/healthz", baseline)
-            breq = raw_request(bport, key, body, ctype)
-            status, reply = smoke_post(bport, breq)
-            print(f"baseline pid {baseline.pid} on :{bport}; smoke POST -> {status} {reply[:80].decode(errors='replace')}")
-            if status != 202:
-                raise RuntimeError("the baseline did not accept the smoke-test job")
-            if use_wrk:
-                r = run_wrk_phase("baseline", bport, key, body, ctype, args, tmp, baseline.pid)
-            else:
-                r = run_python_phase("baseline", bport, breq, args, rate=None, connections=args.connections,
-                                     server_pid=baseline.pid)
-            results["baseline max"] = r
-            print(r.line(), flush=True)
-            if r.jobs_s >= args.rate * 0.9 or args.always_rate:
-                r = run_python_phase("baseline", bport, breq, args, rate=args.rate,
-                                     connections=args.rate_connections, server_pid=baseline.pid)
-                results["baseline rate"] = r
-                print(r.line(), flush=True)
-            stop_process(baseline)
-            expected = 1 + sum(v.ok_total for k, v in results.items() if k.startswith("baseline"))
-            with psycopg.connect(db_sync) as conn:
-                rows = conn.execute(f"SELECT count(*) FROM {BASELINE_TABLE}").fetchone()[0]
-            counts["baseline"] = (rows, expected, unknown_outcomes(results, "baseline"))
-            queued["baseline"] = (int(redis_client.llen(bkey)), expected)
-        redis_client.close()
-
-        return report(results, counts, queued, args)
+            bench.run_baseline()
+        return report(bench.results, bench.counts, bench.queued, args)
     finally:
-        for proc in servers:
-            stop_process(proc)
-        if created:
-            try:
-                with psycopg.connect(admin, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-            except Exception as exc:  # report, keep cleaning up
-                print(f"WARNING: could not drop database {dbname}: {exc}")
-        try:
-            client = redis.Redis.from_url(args.redis_url)
-            keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-            if keys:
-                client.delete(*keys)
-            client.close()
-        except Exception as exc:
-            print(f"WARNING: could not delete redis keys {namespace}*: {exc}")
-        if args.keep_logs:
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        bench.cleanup()
 
 
 def unknown_outcomes(results: dict[str, PhaseResult], prefix: str) -> int:
@@ -974,7 +1037,7 @@ def report(results: dict[str, PhaseResult], counts: dict[str, tuple[int, int, in
             detail += f" ({unknown:,} request(s) without a reply may add rows)"
         checks.append((f"{name}: no lost jobs (rows in Postgres vs 202s)", ok <= rows <= ok + unknown, detail))
     for name, (ids, ok) in queued.items():
-        checks.append((f"{name}: ids in the Redis queue (info)", None, f"{ids:,} ids / {ok:,} 202s"))
+        checks.append((f"{name}: messages in its Redis list (info)", None, f"{ids:,} / {ok:,} 202s"))
     for name, passed, detail in checks:
         verdict = "info" if passed is None else ("PASS" if passed else "FAIL")
         print(f"  [{verdict}] {name}: {detail}")
@@ -997,6 +1060,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate-connections", type=int, default=64, help="connection cap of the paced phase")
     p.add_argument("--loadgen-procs", type=int, default=1, help="load-generator processes")
     p.add_argument("--image-kb", type=int, default=40, help="target PNG size in kB")
+    p.add_argument("--tenants", type=int, default=1, help="tenants (API keys) the connections are spread over")
+    p.add_argument("--default-quotas", action="store_true",
+                   help="keep the gateway's per-tenant rate/queue limits (429s are then counted as non-202)")
     p.add_argument("--always-rate", action="store_true", help="run the paced phase even below the rate")
     p.add_argument("--skip-baseline", action="store_true")
     p.add_argument("--no-wrk", action="store_true", help="use the Python generator even if wrk is installed")
@@ -1019,8 +1085,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for url in (args.pg_admin_url, args.redis_url):
         if "@127.0.0.1:" not in url and "//127.0.0.1:" not in url:
             p.error(f"only 127.0.0.1 is allowed: {url}")
-    if args.duration <= 0 or args.warmup < 0 or args.connections < 1 or args.rate <= 0:
-        p.error("need --duration > 0, --warmup >= 0, --connections >= 1, --rate > 0")
+    if args.duration <= 0 or args.warmup < 0 or args.connections < 1 or args.rate <= 0 or args.tenants < 1:
+        p.error("need --duration > 0, --warmup >= 0, --connections >= 1, --rate > 0, --tenants >= 1")
     return args
 
 

@@ -228,6 +228,8 @@ class Phase:
     in_flight_mean: float = 0.0
     holders_mean: float = 0.0
     idle_wait_s: float = 0.0
+    #: the global cap the workers compute from their settings (Settings.endpoint_max_in_flight)
+    limit: int = 0
     idle_busy: float = 0.0
     machine_cpu: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)
@@ -342,6 +344,10 @@ class Bench:
             MEDPARSE_ENDPOINT_MAX_CONCURRENT_PER_INSTANCE=str(phase.per_instance),
             MEDPARSE_ENDPOINT_INSTANCE_COUNT="1",
         )
+        from medparse.settings import Settings
+
+        phase.limit = Settings(endpoint_max_concurrent_per_instance=phase.per_instance,
+                               endpoint_instance_count=1).endpoint_max_in_flight
         workers = []
         for i in range(self.args.workers):
             name = f"{phase.name}-worker{i}"
@@ -473,12 +479,12 @@ def report(phases: list[Phase], args: argparse.Namespace) -> bool:
     print(f"emulator capacity {CAPACITY} x latency {LATENCY_MS:.0f} ms -> ideal {ideal:.1f} jobs/s; "
           f"{args.workers} worker processes x {args.concurrency} threads; {os.cpu_count()} cores")
     print()
-    head = (f"{'phase':9} {'cap':>4} {'jobs':>5} {'ok':>5} {'failed':>6} {'jobs/s':>7} {'ratio':>6} "
+    head = (f"{'phase':9} {'cap':>4} {'limit':>5} {'jobs':>5} {'ok':>5} {'failed':>6} {'jobs/s':>7} {'ratio':>6} "
             f"{'overall/s':>9} {'429s':>5} {'retries':>7} {'max_in_flight':>13} {'gpu busy':>8} "
             f"{'cpu':>5} {'job s p50':>9} {'endpoint s p50':>14}")
     print(head)
     for p in phases:
-        print(f"{p.name:9} {p.per_instance:>4} {p.jobs:>5} {p.statuses.get('succeeded', 0):>5} "
+        print(f"{p.name:9} {p.per_instance:>4} {p.limit:>5} {p.jobs:>5} {p.statuses.get('succeeded', 0):>5} "
               f"{p.statuses.get('failed', 0):>6} {p.rate:7.2f} {p.rate / ideal:6.3f} {p.overall_rate:9.2f} "
               f"{p.count_429:>5} {p.retries:>7} {p.stats.get('max_in_flight', 0):>13} {p.gpu_mean:8.1%} "
               f"{p.machine_cpu:5.0%} {p.job_s_median:9.2f} {p.endpoint_s_median:14.2f}")
@@ -527,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--headroom", type=int, default=0,
                         help="also run the backlog with this global cap (> 8) against the same capacity-8 emulator")
     parser.add_argument("--max-phase-s", type=float, default=90.0, help="bound on one phase's drain")
-    parser.add_argument("--wait-quiet", type=float, default=30.0,
+    parser.add_argument("--wait-quiet", type=float, default=5.0,
                         help=f"before each phase wait up to this many s for the machine to be < {QUIET_BUSY:.0%} busy")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)

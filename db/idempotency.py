@@ -50,12 +50,13 @@ def take_over_stmt(
 
 
 def complete_stmt(
-    tenant_id: uuid.UUID, key: str, *, status: int, headers: dict[str, str], body: bytes
+    tenant_id: uuid.UUID, key: str, *, status: int, headers: dict[str, str], body: bytes,
+    job_id: uuid.UUID | None = None,
 ) -> Any:
     return (
         update(IdempotencyKey)
         .where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key, IdempotencyKey.state == IN_FLIGHT)
-        .values(state=DONE, response_status=status, response_headers=headers, response_body=body)
+        .values(state=DONE, response_status=status, response_headers=headers, response_body=body, job_id=job_id)
     )
 
 

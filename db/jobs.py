@@ -173,6 +173,26 @@ def extend_lease_stmt(job_id: uuid.UUID, attempt: int, *, lease_until: datetime)
     )
 
 
+def delete_job_stmt(tenant_id: uuid.UUID, job_id: uuid.UUID) -> Any:
+    """Everything of a job goes with it: input, masks, idempotency record, webhook rows (ON DELETE CASCADE)."""
+    return delete(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
+
+
+def delete_input_stmt(job_id: uuid.UUID) -> Any:
+    return delete(JobInput).where(JobInput.job_id == job_id)
+
+
+def purge_finished_stmt(*, completed_before: datetime, limit: int) -> Any:
+    terminal = [JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value]
+    doomed = (
+        select(Job.id)
+        .where(Job.status.in_(terminal), Job.completed_at < completed_before)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return delete(Job).where(Job.id.in_(doomed))
+
+
 def insert_masks_stmt(rows: list[dict[str, Any]]) -> Any:
     return insert(JobMask).values(rows)
 

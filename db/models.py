@@ -127,6 +127,8 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     #: an ``in_flight`` record older than this was abandoned (its request died) and may be taken over
     locked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: the job the request created, so deleting the job deletes its idempotency record too
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
 
 
 class JobInput(Base):

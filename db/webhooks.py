@@ -108,6 +108,21 @@ def select_endpoint_for_send(endpoint_id: uuid.UUID) -> Select[Any]:
     ).where(WebhookEndpoint.id == endpoint_id)
 
 
+def failing_since_stmt(endpoint_id: uuid.UUID) -> Select[Any]:
+    """When the endpoint's current run of failures began: the oldest delivery that ended ``failed``
+    after its last success (NULL when the last delivery that ended succeeded)."""
+    last_success = (
+        select(func.max(WebhookDelivery.completed_at))
+        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == SUCCEEDED)
+        .scalar_subquery()
+    )
+    return select(func.min(WebhookDelivery.created_at)).where(
+        WebhookDelivery.endpoint_id == endpoint_id,
+        WebhookDelivery.status == FAILED,
+        or_(last_success.is_(None), WebhookDelivery.created_at > last_success),
+    )
+
+
 def disable_endpoint_stmt(endpoint_id: uuid.UUID, *, now: datetime, reason: str) -> Update:
     return (
         update(WebhookEndpoint)

@@ -106,6 +106,14 @@ async def cancel_job(request: web.Request) -> web.Response:
     return json_response(job)
 
 
+async def delete_job(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:write")
+    job_id = job_id_from(request)
+    await services.delete_job(request.app[ENGINE], who.tenant_id, job_id)
+    await request.app[EVENTS].announce(str(job_id))
+    return web.Response(status=204)
+
+
 async def get_mask_png(request: web.Request) -> web.Response:
     who = principal(request, "jobs:read")
     try:

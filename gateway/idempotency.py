@@ -101,13 +101,17 @@ async def reserve(
     )
 
 
-async def complete_in(conn: AsyncConnection, reservation: Reservation, response: web.Response) -> None:
+async def complete_in(
+    conn: AsyncConnection, reservation: Reservation, response: web.Response, job_id: uuid.UUID | None = None
+) -> None:
     """Store the response inside the caller's transaction (the use case's own commit)."""
     await scope_to_tenant(conn, reservation.tenant_id)
     headers = {k: v for k, v in response.headers.items() if k in ("Location", "Content-Type")}
     body = response.body if isinstance(response.body, bytes) else b""
     await conn.execute(
-        repo.complete_stmt(reservation.tenant_id, reservation.key, status=response.status, headers=headers, body=body)
+        repo.complete_stmt(
+            reservation.tenant_id, reservation.key, status=response.status, headers=headers, body=body, job_id=job_id
+        )
     )
 
 

@@ -100,10 +100,17 @@ def build_document() -> dict[str, Any]:
                               **_errors(400), **auth_errors},
             },
         },
-        "/v1/jobs/{job_id}": {"get": {
-            "operationId": "getJob", "parameters": [JOB_ID, PREFER],
-            "responses": {"200": {"description": "the job", **_json("JobPublic")}, **_errors(404), **auth_errors},
-        }},
+        "/v1/jobs/{job_id}": {
+            "get": {
+                "operationId": "getJob", "parameters": [JOB_ID, PREFER],
+                "responses": {"200": {"description": "the job", **_json("JobPublic")}, **_errors(404), **auth_errors},
+            },
+            "delete": {
+                "operationId": "deleteJob", "parameters": [JOB_ID],
+                "responses": {"204": {"description": "the job and all its data are gone"}, **_errors(404),
+                              **auth_errors},
+            },
+        },
         "/v1/jobs/{job_id}/cancel": {"post": {
             "operationId": "cancelJob", "parameters": [JOB_ID],
             "responses": {"200": {"description": "canceled", **_json("JobPublic")}, **_errors(404, 409), **auth_errors},

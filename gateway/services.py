@@ -189,7 +189,7 @@ async def _insert_job(
         await attach_job_webhook(conn, who.tenant_id, new.id, submission.webhook)  # gateway/webhook_services.py
         if reservation is not None:
             # Stored in the job's own transaction: a retry after a crash finds the job, never a second one.
-            await idempotency.complete_in(conn, reservation, job_created_response(job))
+            await idempotency.complete_in(conn, reservation, job_created_response(job), job_id=new.id)
     return job
 
 
@@ -294,6 +294,13 @@ async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUI
             raise ApiProblem(409, "job_changed", "the job changed state meanwhile; fetch it and retry") from None
         await record_transition_async(conn, job_id, JobStatus.canceled)  # webhook outbox, same transaction
     return await get_job(engine, tenant_id, job_id)
+
+
+async def delete_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:
+    """Remove the job and all of its data at once; a worker still running it finds nothing to finish."""
+    async with tenant_transaction(engine, tenant_id) as conn:
+        if (await conn.execute(repo.delete_job_stmt(tenant_id, job_id))).rowcount != 1:
+            raise not_found()
 
 
 async def load_masks(

@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     #: A dispatch round also runs this often without any nudge (a lost nudge only delays).
     dispatch_interval_s: float = 0.5
 
+    # --- retention -----------------------------------------------------------------------------
+    #: Delete a job's uploaded image as soon as the job succeeded (its masks stay). Off by default
+    #: because overlays and DICOM SEG outputs are rendered from the input on demand.
+    retention_delete_input_on_success: bool = False
+    #: Finished jobs (and everything of theirs) are purged this many days after they ended.
+    retention_days: float = 30.0
+
     # --- tenants: defaults that a tenant's own row may override ---------------------------------
     #: Token bucket per tenant: sustained requests per second and the burst it may save up.
     tenant_rate_limit_rps: float = 100.0
@@ -139,6 +146,8 @@ class Settings(BaseSettings):
     webhook_dispatch_interval_s: float = 1.0
     #: Registered endpoints per tenant; each event fans out to all of them.
     webhook_max_endpoints: int = 20
+    #: An endpoint whose deliveries have all ended failed for this long is disabled (Svix: 5 days).
+    webhook_disable_after_s: float = 5 * 24 * 3600.0
     #: Absolute base of the links in payloads (e.g. ``https://api.example.org``); unset = paths only.
     webhook_link_base_url: str | None = None
 

@@ -42,9 +42,10 @@ class RowBatcher:
         self._lock = threading.Lock()
         self._pending: list[_Pending] = []
 
-    def score(self, row: ScoreRow, *, job_id: str) -> ScoredRow:
+    def score(self, row: ScoreRow, *, job_id: str, client_request_id: str | None = None) -> ScoredRow:
+        """``client_request_id`` is used when the row goes alone (always, with one row per request)."""
         if self._max_rows == 1:
-            call = self._client.score([row], job_id=job_id)
+            call = self._client.score([row], job_id=job_id, client_request_id=client_request_id)
             return ScoredRow(call.rows[0], call, 1)
         mine = _Pending(row, job_id)
         with self._lock:

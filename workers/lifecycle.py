@@ -49,7 +49,7 @@ def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
     return Claim(job_id=job_id, attempt=attempt, prompts=list(row["prompts"]), image=image)
 
 
-def finish(engine: Engine, claimed: Claim, result: Segmentation) -> bool:
+def finish(engine: Engine, claimed: Claim, result: Segmentation, *, delete_input: bool = False) -> bool:
     """Store the masks and move running -> succeeded in one transaction.
 
     False when the job was canceled or taken over meanwhile: the result is discarded (rolled back).
@@ -76,6 +76,8 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation) -> bool:
             repo.transition_sync(conn, stmt)
             conn.execute(repo.delete_masks_stmt(claimed.job_id))
             conn.execute(repo.insert_masks_stmt(rows))
+            if delete_input:
+                conn.execute(repo.delete_input_stmt(claimed.job_id))
             record_transition(conn, claimed.job_id, JobStatus.succeeded)  # webhook outbox, same transaction
     except repo.StaleTransition:
         log.info("job %s attempt %d: result discarded (job canceled or taken over)", claimed.job_id, claimed.attempt)

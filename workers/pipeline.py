@@ -6,6 +6,7 @@ original geometry -> compact encoding, area and bbox per mask.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,8 @@ from medparse import __version__, imaging, masks
 from medparse.endpoint.client import ScoreRow
 from medparse.settings import Settings
 from workers.batching import RowBatcher
+
+CALL_ID_NAMESPACE = uuid.UUID("6f1c9d2e-3b7a-4e58-9a41-0d2f6c8b5e17")
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,14 @@ class Segmentation:
     provenance: dict[str, Any]
 
 
+def call_id(job_id: str, attempt: int) -> str:
+    """The ``x-ms-client-request-id`` of a job's attempt: derived, so the endpoint's log (and the
+    chaos tests) can tell how many calls each job got; HTTP retries within the call share it."""
+    return str(uuid.uuid5(CALL_ID_NAMESPACE, f"{job_id}:{attempt}"))
+
+
 def segment(
-    image: bytes, prompts: list[str], *, settings: Settings, batcher: RowBatcher, job_id: str
+    image: bytes, prompts: list[str], *, settings: Settings, batcher: RowBatcher, job_id: str, attempt: int = 1
 ) -> Segmentation:
     prepared = imaging.prepare_image(
         image,
@@ -44,7 +53,9 @@ def segment(
         png_compress_level=settings.endpoint_png_compress_level,
         max_pixels=settings.max_image_pixels,
     )
-    scored_row = batcher.score(ScoreRow(image_png=prepared.png, prompts=prompts), job_id=job_id)
+    scored_row = batcher.score(
+        ScoreRow(image_png=prepared.png, prompts=prompts), job_id=job_id, client_request_id=call_id(job_id, attempt)
+    )
     row, scored = scored_row.row, scored_row.call
     binary = masks.masks_to_original(row.masks, prepared.geometry)
     stored = []

@@ -32,6 +32,7 @@ class SweepReport:
     republished: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     exhausted: list[str] = field(default_factory=list)
+    purged: int = 0
 
 
 def _take_back_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
@@ -65,9 +66,12 @@ def _return_stale_to_dispatcher(ctx: WorkerContext, now: datetime, report: Sweep
         report.republished.extend(str(job_id) for job_id in returned)
 
 
-def _purge_idempotency_keys(ctx: WorkerContext, now: datetime) -> None:
+def _purge_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
     with ctx.engine.begin() as conn:
         conn.execute(purge_expired_stmt(created_before=now - timedelta(seconds=ctx.settings.idempotency_ttl_s)))
+    before = now - timedelta(days=ctx.settings.retention_days)
+    with ctx.engine.begin() as conn:
+        report.purged += conn.execute(repo.purge_finished_stmt(completed_before=before, limit=BATCH)).rowcount
 
 
 def sweep_once(ctx: WorkerContext) -> SweepReport:
@@ -75,7 +79,7 @@ def sweep_once(ctx: WorkerContext) -> SweepReport:
     now = datetime.now(UTC)
     _take_back_expired(ctx, now, report)
     _return_stale_to_dispatcher(ctx, now, report)
-    _purge_idempotency_keys(ctx, now)
+    _purge_expired(ctx, now, report)
     if report.requeued or report.republished:
         ctx.wake_dispatcher()
     if report.republished or report.requeued or report.exhausted:

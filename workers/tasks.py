@@ -37,8 +37,14 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
     started = time.monotonic()
     with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):
         try:
-            result = segment(claimed.image, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id_text)
-            outcome = "succeeded" if lifecycle.finish(ctx.engine, claimed, result) else "discarded"
+            result = segment(
+                claimed.image, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id_text,
+                attempt=claimed.attempt,
+            )
+            finished = lifecycle.finish(
+                ctx.engine, claimed, result, delete_input=settings.retention_delete_input_on_success
+            )
+            outcome = "succeeded" if finished else "discarded"
         except ImageRejected as exc:
             lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)
         except EndpointError as exc:

@@ -111,6 +111,15 @@ def _next_state(claimed: ClaimedDelivery, result: AttemptResult, settings: Setti
             "next_attempt_at": now + timedelta(seconds=delay)}
 
 
+def _disable_if_failing_too_long(conn: Connection, endpoint_id: uuid.UUID, settings: Settings, now: datetime) -> None:
+    """Svix's policy: an endpoint whose deliveries have all ended failed for
+    ``webhook_disable_after_s`` is disabled (``failing``); re-enable it with PATCH, then replay."""
+    since = _aware(conn.execute(repo.failing_since_stmt(endpoint_id)).scalar_one_or_none())
+    if since is not None and since < now - timedelta(seconds=settings.webhook_disable_after_s):
+        conn.execute(repo.disable_endpoint_stmt(endpoint_id, now=now, reason="failing"))
+        log.warning("webhook endpoint %s disabled: every delivery failed since %s", endpoint_id, since.isoformat())
+
+
 def finish(engine: Engine, claimed: ClaimedDelivery, result: AttemptResult, settings: Settings,
            started_at: datetime) -> bool:
     """Record the attempt and move the delivery on; False when a newer claim owns it."""
@@ -123,6 +132,8 @@ def finish(engine: Engine, claimed: ClaimedDelivery, result: AttemptResult, sett
         updated = conn.execute(
             repo.finish_attempt_stmt(claimed.id, claimed.attempt, **_next_state(claimed, result, settings, now))
         ).rowcount == 1
+        if updated and claimed.endpoint_id is not None and result.outcome is not Outcome.succeeded:
+            _disable_if_failing_too_long(conn, claimed.endpoint_id, settings, now)
         if updated and result.outcome is Outcome.gone:
             # 410: the receiver asked us to stop. Disable the target and end what waits for it.
             if claimed.endpoint_id is not None:

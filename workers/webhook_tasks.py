@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from db import webhooks as repo
 from medparse.settings import Settings
@@ -89,7 +89,9 @@ def register_webhooks(app: Celery, holder: ContextHolder, settings: Settings, *,
     """The ``webhooks.deliver`` task, its queue (consumed by every worker) and the dispatcher thread."""
     queues = list(app.conf.task_queues or [Queue(app.conf.task_default_queue)])
     if all(q.name != WEBHOOK_QUEUE for q in queues):
-        queues.append(Queue(WEBHOOK_QUEUE))
+        # Its own exchange: a queue without one is bound to the default exchange and routing key,
+        # and would then also receive every segmentation message (and vice versa).
+        queues.append(Queue(WEBHOOK_QUEUE, Exchange(WEBHOOK_QUEUE, type="direct"), routing_key=WEBHOOK_QUEUE))
     app.conf.task_queues = queues
     senders = SenderHolder(settings)
 

@@ -81,14 +81,19 @@ class EndpointClient:
             follow_redirects=False,
         )
 
-    def score(self, rows: Sequence[ScoreRow], *, job_id: str) -> ScoreResult:
+    def score(
+        self, rows: Sequence[ScoreRow], *, job_id: str, client_request_id: str | None = None
+    ) -> ScoreResult:
         """Send ``rows`` in one request and return their masks and labels, in order.
+
+        ``client_request_id`` (default: a fresh uuid) is sent as ``x-ms-client-request-id`` on
+        every HTTP attempt of this call, so the endpoint's traffic log ties them to one call.
 
         Raises:
             EndpointError: a subclass naming why (see ``medparse.endpoint.errors``).
         """
         body = build_request_body(rows)
-        client_request_id = str(uuid.uuid4())
+        client_request_id = client_request_id or str(uuid.uuid4())
         started = self._clock()
         state = self._policy.start(started, rng=self._rng, client_request_id=client_request_id)
         log.info(

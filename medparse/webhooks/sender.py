@@ -5,8 +5,12 @@ literally (``https://203.0.113.7:443/path``) with the original ``Host`` header a
 the original name as TLS SNI and certificate hostname (httpcore's ``sni_hostname`` extension).
 No second lookup happens, so a rebinding DNS answer cannot redirect the connection. Keep-alive
 is off: a pooled connection is keyed by IP, and must never carry a request for another name.
-Redirects are not followed (a 3xx is a failed attempt), environment proxies are ignored, and
-the response body is never read.
+
+Requests go straight to an ``httpx.HTTPTransport``, not through an ``httpx.Client``: a transport
+never follows redirects (a 3xx is a failed attempt), keeps no cookie jar (one receiver could
+otherwise plant cookies sent to another tenant's receiver on the same IP), reads no proxy from the
+environment, and does not log the URL (its query may carry the receiver's own token). The
+response body is never read.
 """
 
 from __future__ import annotations
@@ -76,16 +80,13 @@ class WebhookSender:
     ) -> None:
         self._allow_private = allow_private
         self._resolver = resolver
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s),
-            follow_redirects=False,
-            trust_env=False,
-            verify=verify,
-            limits=httpx.Limits(max_keepalive_connections=0),
+        self._timeout = httpx.Timeout(timeout_s).as_dict()
+        self._transport = httpx.HTTPTransport(
+            verify=verify, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._transport.close()
 
     def send(self, url: str, body: bytes, headers: dict[str, str]) -> AttemptResult:
         started = time.monotonic()
@@ -103,10 +104,10 @@ class WebhookSender:
             # A name that does not resolve now may resolve later; a forbidden address is policy.
             outcome = Outcome.failed if exc.reason == "unresolvable" else Outcome.refused
             return result(outcome, None, f"{exc.reason}: {exc.message}")
-        extensions: dict[str, object] = {}
+        extensions: dict[str, object] = {"timeout": self._timeout}
         if target.scheme == "https" and target.literal_ip is None:
             extensions["sni_hostname"] = target.host
-        request = self._client.build_request(
+        request = httpx.Request(
             "POST",
             _request_url(target, addresses[0]),
             content=body,
@@ -114,7 +115,7 @@ class WebhookSender:
             extensions=extensions,
         )
         try:
-            response = self._client.send(request, stream=True)
+            response = self._transport.handle_request(request)
             response.close()
         except httpx.TimeoutException as exc:
             return result(Outcome.failed, None, f"timeout: {type(exc).__name__}")

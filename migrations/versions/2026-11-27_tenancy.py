@@ -54,8 +54,12 @@ def upgrade() -> None:
         sa.Column("response_body", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("locked_until", TS, nullable=False),
+        sa.Column("job_id", sa.Uuid(), nullable=True),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name="fk__idempotency_keys__tenant_id__tenants", ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name="fk__idempotency_keys__job_id__jobs", ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("tenant_id", "key", name="pk__idempotency_keys"),
     )

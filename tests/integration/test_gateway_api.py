@@ -205,3 +205,24 @@ async def test_health_readiness_and_openapi(api: TestClient) -> None:
 async def test_unknown_route_is_a_problem_404(api: TestClient) -> None:
     resp = await api.get("/nope")
     assert resp.status == 404 and (await resp.json())["code"] == "not_found"
+
+
+async def test_delete_removes_the_job_and_everything_of_it(api: TestClient, key: str, pg_settings: Settings) -> None:
+    from sqlalchemy import select
+
+    from db.engine import make_sync_engine
+    from db.models import IdempotencyKey, JobInput
+
+    image, _ = organ_image()
+    resp = await api.post("/v1/jobs", data=form(image), headers={**auth(key), "Idempotency-Key": "to-delete"})
+    job = await resp.json()
+    _, other = new_tenant(pg_settings)
+    assert (await api.delete(f"/v1/jobs/{job['id']}", headers=auth(other))).status == 404
+    assert (await api.delete(f"/v1/jobs/{job['id']}", headers=auth(key))).status == 204
+    assert (await api.get(f"/v1/jobs/{job['id']}", headers=auth(key))).status == 404
+    assert (await api.delete(f"/v1/jobs/{job['id']}", headers=auth(key))).status == 404
+    engine = make_sync_engine(pg_settings, system_scope=True)
+    with engine.begin() as conn:
+        assert conn.execute(select(JobInput.job_id).where(JobInput.job_id == job["id"])).first() is None
+        assert conn.execute(select(IdempotencyKey.key).where(IdempotencyKey.job_id == job["id"])).first() is None
+    engine.dispose()

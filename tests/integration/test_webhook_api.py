@@ -17,7 +17,7 @@ from gateway.app import create_app
 from gateway.webhook_submission import WEBHOOK_POLICY, TargetPolicy
 from medparse.settings import Settings
 from tests.factories import new_tenant, organ_image
-from tests.support.webhooks import add_endpoint, insert_job, run_job_to
+from tests.support.webhooks import insert_job, run_job_to
 
 HOSTS = {"hooks.example.org": ["93.184.216.34"], "internal.example.org": ["93.184.216.34", "10.0.0.5"],
          "meta.example.org": ["169.254.169.254"], "v6.example.org": ["::1"]}

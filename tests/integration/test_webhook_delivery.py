@@ -366,3 +366,34 @@ def test_during_a_secret_rotation_both_signatures_verify(
     assert len(got.headers["webhook-signature"].split(" ")) == 2
     Webhook(old).verify(got.body, got.headers)
     Webhook("whsec_" + "A" * 43 + "=").verify(got.body, got.headers)
+
+
+def test_webhook_tasks_have_their_own_queue_and_exchange(ctx: WorkerContext) -> None:
+    # Bound to the default exchange, the queue would also receive every segmentation message.
+    queues = ctx.app.amqp.queues
+    assert (queues[WEBHOOK_QUEUE].exchange.name, queues[WEBHOOK_QUEUE].routing_key) == (WEBHOOK_QUEUE, WEBHOOK_QUEUE)
+    segmentation = queues[ctx.app.conf.task_default_queue]
+    assert (segmentation.exchange.name, segmentation.routing_key) != (WEBHOOK_QUEUE, WEBHOOK_QUEUE)
+
+
+def test_an_endpoint_failing_for_longer_than_the_disable_window_is_disabled(
+    ctx: WorkerContext, sender: WebhookSender, receiver: Receiver
+) -> None:
+    settings = ctx.settings.model_copy(update={"webhook_retry_schedule_s": (), "webhook_disable_after_s": 3600.0})
+    tenant_id, old_job = insert_job(ctx.engine, ctx.settings)
+    endpoint_id, _ = add_endpoint(ctx.engine, tenant_id, receiver.url("/status/500"), ["job.succeeded"])
+    run_job_to(ctx.engine, old_job, "succeeded")
+    (old,) = deliveries(ctx.engine, old_job)
+    assert deliver(ctx.engine, sender, settings, old["id"]) == "failed"
+    with ctx.engine.begin() as conn:
+        assert conn.execute(repo.select_endpoint(tenant_id, endpoint_id)).mappings().one()["disabled_at"] is None
+        # Its first failure was two hours ago, with no success since.
+        conn.execute(update(WebhookDelivery).where(WebhookDelivery.id == old["id"]).values(
+            created_at=datetime.now(UTC) - timedelta(hours=2)))
+    _, new_job = insert_job(ctx.engine, ctx.settings, tenant_id)
+    run_job_to(ctx.engine, new_job, "succeeded")
+    (new,) = deliveries(ctx.engine, new_job)
+    assert deliver(ctx.engine, sender, settings, new["id"]) == "failed"
+    with ctx.engine.begin() as conn:
+        endpoint = conn.execute(repo.select_endpoint(tenant_id, endpoint_id)).mappings().one()
+    assert endpoint["disabled_at"] is not None and endpoint["disabled_reason"] == "failing"

@@ -208,3 +208,22 @@ def test_a_rejected_row_does_not_fail_its_batch_mates(ctx: WorkerContext) -> Non
         t.join(30)
     assert results[0] == ["liver"] and results[2] == ["tumor"]
     assert isinstance(results[1], EndpointRejectedInput)
+
+
+def test_retention_deletes_inputs_on_success_and_purges_old_jobs(ctx: WorkerContext) -> None:
+    from db.models import JobInput
+
+    settings = ctx.settings.model_copy(update={"retention_delete_input_on_success": True, "retention_days": 1.0})
+    context = WorkerContext(**{**ctx.__dict__, "settings": settings})
+    job_id = new_job(context)
+    assert run_job(context, str(job_id)) == "succeeded"
+    with context.engine.begin() as conn:
+        assert conn.execute(select(JobInput.job_id).where(JobInput.job_id == job_id)).first() is None
+    assert mask_count(context, job_id) == 2  # the masks stay
+    assert sweep_once(context).purged == 0  # finished just now: kept
+    with context.engine.begin() as conn:
+        conn.execute(update(Job).where(Job.id == job_id).values(completed_at=datetime.now(UTC) - timedelta(days=2)))
+    assert sweep_once(context).purged == 1
+    with context.engine.begin() as conn:
+        assert conn.execute(select(Job.id).where(Job.id == job_id)).first() is None
+        assert conn.execute(select(JobMask.index).where(JobMask.job_id == job_id)).first() is None
