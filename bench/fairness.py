@@ -130,7 +130,7 @@ def _admin_conninfo() -> str:
 @contextlib.contextmanager
 def throwaway_database() -> Iterator[tuple[str, str]]:
     """Yields (SQLAlchemy asyncpg URL for the service, plain conninfo for this script)."""
-    name = f"medparse_bench_{uuid.uuid4().hex[:12]}"
+    name = f"medparse_fair_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -144,7 +144,7 @@ def throwaway_database() -> Iterator[tuple[str, str]]:
 
 @contextlib.contextmanager
 def throwaway_namespace() -> Iterator[str]:
-    namespace = f"mpbench-{uuid.uuid4().hex[:10]}"
+    namespace = f"mpfair-{uuid.uuid4().hex[:10]}"
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
     client.ping()
     try:
@@ -235,7 +235,9 @@ def status_counts(conninfo: str, tenant: uuid.UUID) -> dict[str, int]:
 
 def bulk_insert(conninfo: str, tenant: uuid.UUID, image: bytes, count: int) -> list[uuid.UUID]:
     """``count`` queued jobs stored as the gateway stores them (db.jobs.insert_job_statements)."""
-    h, w = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2]
+    decoded = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded is not None
+    h, w = decoded.shape[:2]
     ids = [uuid.uuid4() for _ in range(count)]
     start_ts = datetime.now(UTC)
     with pg(conninfo) as conn, conn.transaction(), conn.cursor() as cur:
@@ -292,11 +294,11 @@ def fill_from_db(conninfo: str, bjobs: list[BJob], ahead_tenant: uuid.UUID) -> N
             b.created, b.started, b.completed = (None if v is None else float(v) for v in row[:3])
             b.status = row[3]
             job_uuid = uuid.UUID(b.job_id)
-            b.ahead_at_submit = int(conn.execute(AHEAD_SQL.format(at="b.created_at"), (job_uuid, ahead_tenant)).fetchone()[0])
+            row = conn.execute(AHEAD_SQL.format(at="b.created_at"), (job_uuid, ahead_tenant)).fetchone()
+            b.ahead_at_submit = int(row[0]) if row else 0
             if b.started is not None:
-                b.backlog_at_start = int(
-                    conn.execute(AHEAD_SQL.format(at="b.started_at"), (job_uuid, ahead_tenant)).fetchone()[0]
-                )
+                row = conn.execute(AHEAD_SQL.format(at="b.started_at"), (job_uuid, ahead_tenant)).fetchone()
+                b.backlog_at_start = int(row[0]) if row else 0
 
 
 #: ``ahead_tenant``'s jobs created before job b and not started at b's {at} (a FIFO's queue ahead of b).
@@ -309,12 +311,13 @@ AHEAD_SQL = (
 def start_rate(conninfo: str, tenant: uuid.UUID, t0: float, t1: float) -> tuple[float, float, int, int]:
     """(starts/s, completions/s, starts, completions) of ``tenant``'s jobs in [t0, t1] (epoch s)."""
     with pg(conninfo) as conn:
-        starts, done = conn.execute(
+        row = conn.execute(
             "SELECT count(*) FILTER (WHERE started_at BETWEEN to_timestamp(%s) AND to_timestamp(%s)),"
             " count(*) FILTER (WHERE status = 'succeeded' AND completed_at BETWEEN to_timestamp(%s)"
             " AND to_timestamp(%s)) FROM jobs WHERE tenant_id = %s",
             (t0, t1, t0, t1, tenant),
         ).fetchone()
+    starts, done = row if row else (0, 0)
     span = max(1e-6, t1 - t0)
     return starts / span, done / span, int(starts), int(done)
 
@@ -512,7 +515,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"fair phase: A backlog {args.backlog} jobs ({len(image)} B PNG, prompt {PROMPT!r}), "
                   f"emulator {args.latency_ms:g} ms x 8 concurrent, 2 workers x {args.concurrency} threads, "
                   f"window {args.window}, tenant running cap {args.cap}", flush=True)
-            via_api, api_s, api_errors = 0, 0.0, {}
+            via_api, api_s = 0, 0.0
+            api_errors: dict[int, int] = {}
             if args.submit == "api":
                 via_api, api_s, api_errors = asyncio.run(_submit_api(
                     base, key_a, body, ctype, args.backlog, args.submit_concurrency, args.api_budget_s))
@@ -592,7 +596,14 @@ def passed(args: argparse.Namespace, fair: PhaseResult) -> bool:
             and max(w) <= args.max_wait_s and min(backlogs) >= args.min_backlog)
 
 
-def report(args: argparse.Namespace, submit_note: str, via_bulk: int, fair: PhaseResult, fifo: PhaseResult | None) -> None:
+def _row(label: str, values: list[float], digits: int = 3) -> str:
+    top = max(values) if values else float("nan")
+    return f"{label:<52} {pct(values, 50):9.{digits}f} {top:9.{digits}f}"
+
+
+def report(
+    args: argparse.Namespace, submit_note: str, via_bulk: int, fair: PhaseResult, fifo: PhaseResult | None
+) -> None:
     print()
     print("=" * 100)
     print(f"tenant B's wait vs tenant A's backlog  (A backlog {args.backlog}: {submit_note})")
@@ -604,31 +615,32 @@ def report(args: argparse.Namespace, submit_note: str, via_bulk: int, fair: Phas
     print()
     w = waits(fair)
     fifo_eq = [b.ahead_at_submit / fair.rate_start for b in fair.bjobs if b.created and fair.rate_start > 0]
-    backlogs = [b.backlog_at_start for b in fair.bjobs if b.started]
+    backlogs = [float(b.backlog_at_start) for b in fair.bjobs if b.started]
     total = [b.completed - b.created for b in fair.bjobs if b.completed and b.created]
     wall = [b.received - b.sent for b in fair.bjobs if b.received]
-    print(f"{'':<50} {'p50':>9} {'max':>9}")
-    print(f"{'B queue wait, fair (created -> started), s':<50} {pct(w, 50):9.3f} {max(w, default=float('nan')):9.3f}")
-    print(f"{'B created -> succeeded, fair, s':<50} {pct(total, 50):9.3f} {max(total, default=float('nan')):9.3f}")
-    print(f"{'B wall clock POST (Prefer: wait=60) -> 202, s':<50} {pct(wall, 50):9.3f} {max(wall, default=float('nan')):9.3f}")
-    print(f"{'B FIFO-equivalent wait (A ahead / A rate), s':<50} {pct(fifo_eq, 50):9.1f} {max(fifo_eq, default=float('nan')):9.1f}")
+    print(f"{'':<52} {'p50':>9} {'max':>9}")
+    print(_row("B queue wait, fair (created -> started), s", w))
+    print(_row("B created -> succeeded, fair, s", total))
+    print(_row("B wall clock POST (Prefer: wait=60) -> 202, s", wall))
+    print(_row("B FIFO-equivalent wait (A ahead / A start rate), s", fifo_eq, 1))
     ratio = pct(fifo_eq, 50) / pct(w, 50) if w and pct(w, 50) > 0 else float("nan")
-    print(f"{'ratio FIFO-equivalent / fair (p50)':<50} {ratio:9.0f}x")
-    print(f"{'A backlog B overtook (A not started at B start)':<50} {pct(backlogs, 50):9.0f} "
-          f"{'min ' + str(min(backlogs, default=0)):>9}")
+    print(f"{'ratio FIFO-equivalent / fair wait (p50)':<52} {ratio:9.0f}x")
+    print(f"{'A backlog B overtook (A not started at B start)':<52} {pct(backlogs, 50):9.0f}"
+          f" {'min ' + str(int(min(backlogs, default=0))):>9}")
     print(f"A throughput during the B window: {fair.rate_start:.1f} jobs/s started, {fair.rate_done:.1f} succeeded/s"
           f" (A failed so far: {fair.failed_a})")
     if fifo is not None:
         fw = waits(fifo)
         est = [b.ahead_at_submit / fifo.rate_start for b in fifo.bjobs if b.created and fifo.rate_start > 0]
-        print(f"FIFO validation: measured B wait p50 {pct(fw, 50):.2f} s (max {max(fw, default=float('nan')):.2f}) vs "
-              f"estimate ahead/rate p50 {pct(est, 50):.2f} s (max {max(est, default=float('nan')):.2f}); "
-              f"A' rate {fifo.rate_start:.1f}/s; measured/estimate {pct(fw, 50) / pct(est, 50) if est else float('nan'):.2f}")
+        ratio_v = pct(fw, 50) / pct(est, 50) if fw and est and pct(est, 50) > 0 else float("nan")
+        print(f"FIFO validation: measured B wait p50 {pct(fw, 50):.2f} s (max {max(fw, default=float('nan')):.2f})"
+              f" vs estimate ahead/rate p50 {pct(est, 50):.2f} s (max {max(est, default=float('nan')):.2f});"
+              f" A' rate {fifo.rate_start:.1f}/s; measured/estimate {ratio_v:.2f}")
     if via_bulk:
         print(f"NOTE: {via_bulk} of A's jobs were bulk-inserted into Postgres, not submitted through the API.")
     ok = passed(args, fair)
     print(f"target: every B queue wait <= {args.max_wait_s:g} s while A's backlog at B's start >= {args.min_backlog}"
-          f" -> max wait {max(w, default=float('nan')):.3f} s, min backlog {min(backlogs, default=0)}")
+          f" -> max wait {max(w, default=float('nan')):.3f} s, min backlog {int(min(backlogs, default=0))}")
     print(f"RESULT: {'PASS' if ok else 'FAIL'}")
 
 

@@ -87,11 +87,13 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], env: dict[str, str], log: Path, nice: int = 0) -> subprocess.Popen[bytes]:
+    """``python -m medparse.cli ARGS``; a non-zero ``nice`` runs it under ``nice -n`` (all its threads)."""
+    prefix = ["nice", "-n", str(nice)] if nice else []
     handle = log.open("ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "medparse.cli", *args], env=env, cwd=REPO,
+            [*prefix, sys.executable, "-m", "medparse.cli", *args], env=env, cwd=REPO,
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     finally:
@@ -311,12 +313,14 @@ class Bench:
             ["emulator", "--port", str(port), "--latency-ms", f"{LATENCY_MS:g}",
              "--max-concurrent", str(CAPACITY), "--instances", "1"],
             base_env(MEDPARSE_EMULATOR_KEY=self.emulator_key), self.tmp / "emulator.log",
+            nice=self.args.emulator_nice,
         )
         self.emulator_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.emulator_url}/", self.procs["emulator"])
 
         port = free_port()
-        self.procs["gateway"] = start(["serve"], self.service_env(MEDPARSE_PORT=str(port)), self.tmp / "gateway.log")
+        self.procs["gateway"] = start(["serve"], self.service_env(MEDPARSE_PORT=str(port)), self.tmp / "gateway.log",
+                                      nice=self.args.nice)
         self.gateway_url = f"http://127.0.0.1:{port}"
         wait_http(f"{self.gateway_url}/healthz", self.procs["gateway"])
 
@@ -351,7 +355,8 @@ class Bench:
         workers = []
         for i in range(self.args.workers):
             name = f"{phase.name}-worker{i}"
-            proc = start(["worker", "--concurrency", str(self.args.concurrency)], env, self.tmp / f"{name}.log")
+            proc = start(["worker", "--concurrency", str(self.args.concurrency)], env, self.tmp / f"{name}.log",
+                         nice=self.args.nice)
             self.procs[name] = proc
             workers.append((name, proc))
         watched = {"emulator": [self.procs["emulator"].pid], "gateway": [self.procs["gateway"].pid],
@@ -477,7 +482,8 @@ class Bench:
 def report(phases: list[Phase], args: argparse.Namespace) -> bool:
     ideal = CAPACITY / (LATENCY_MS / 1000.0)
     print(f"emulator capacity {CAPACITY} x latency {LATENCY_MS:.0f} ms -> ideal {ideal:.1f} jobs/s; "
-          f"{args.workers} worker processes x {args.concurrency} threads; {os.cpu_count()} cores")
+          f"{args.workers} worker processes x {args.concurrency} threads; {os.cpu_count()} cores; "
+          f"nice: emulator {args.emulator_nice}, gateway and workers {args.nice}")
     print()
     head = (f"{'phase':9} {'cap':>4} {'limit':>5} {'jobs':>5} {'ok':>5} {'failed':>6} {'jobs/s':>7} {'ratio':>6} "
             f"{'overall/s':>9} {'429s':>5} {'retries':>7} {'max_in_flight':>13} {'gpu busy':>8} "
@@ -496,8 +502,10 @@ def report(phases: list[Phase], args: argparse.Namespace) -> bool:
               f"steady window {start:.1f}-{end:.1f} s after first completion ({p.window_jobs} jobs); "
               f"emulator statuses {p.stats.get('status_counts')}, requests {p.stats.get('requests_total')}; "
               f"max http attempts/job {p.attempts_max}" + (f"; errors {p.errors}" if p.errors else ""))
+        model_s = p.gpu_mean * CAPACITY / p.rate if p.rate else 0.0
         print(f"  mean over window: our slot holders {p.holders_mean:.2f}, emulator in flight {p.in_flight_mean:.2f}, "
-              f"on the model {p.gpu_mean * CAPACITY:.2f} of {CAPACITY}")
+              f"on the model {p.gpu_mean * CAPACITY:.2f} of {CAPACITY}; rate = occupancy {p.gpu_mean:.1%} x "
+              f"{CAPACITY} / model time per request {model_s * 1000:.0f} ms (configured {LATENCY_MS:.0f})")
         if p.cpu:
             print(f"  cpu over window, cores of {os.cpu_count()} (machine {p.machine_cpu:.0%} busy): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in p.cpu.items()))
@@ -535,6 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-phase-s", type=float, default=90.0, help="bound on one phase's drain")
     parser.add_argument("--wait-quiet", type=float, default=5.0,
                         help=f"before each phase wait up to this many s for the machine to be < {QUIET_BUSY:.0%} busy")
+    parser.add_argument("--emulator-nice", type=int, default=-10,
+                        help="nice value of the emulator: it stands for a remote GPU box, not a neighbour of the "
+                             "workers, so it should not lose the CPU to them (0 = inherit)")
+    parser.add_argument("--nice", type=int, default=0, help="nice value of the gateway and the workers")
     parser.add_argument("--keep-logs", action="store_true")
     args = parser.parse_args(argv)
     if not (1 <= args.jobs <= 5000 and 0 <= args.baseline_jobs <= 5000 and 1 <= args.workers <= 8):

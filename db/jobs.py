@@ -42,6 +42,8 @@ class NewJob:
     image: bytes
     now: datetime
     priority: int = 0
+    #: DICOM/NIfTI details from the submit-time probe (medparse.medical.inputs)
+    input_meta: dict[str, Any] | None = None
 
 
 def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
@@ -62,6 +64,7 @@ def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
         attempts=0,
         priority=job.priority,
         prompt_count=len(job.prompts),
+        input_meta=job.input_meta,
     )
     input_row = insert(JobInput).values(job_id=job.id, data=job.image)
     return job_row, input_row

@@ -108,6 +108,10 @@ class Job(Base):
     result_height: Mapped[int | None] = mapped_column(Integer)
     #: provenance of the result: endpoint request ids, preprocessing geometry, software version
     result_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: what the submit-time probe learned about a DICOM/NIfTI upload (frames, volume shape, slice axis)
+    input_meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: ``{"done", "total"}`` slices of a running volume job (migration 0004_medical)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class IdempotencyKey(Base):
@@ -156,6 +160,29 @@ class JobMask(Base):
     #: how ``data`` is encoded; see ``medparse.masks``
     encoding: Mapped[str] = mapped_column(String(32))
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class JobMedical(Base):
+    """The medical side of a job (migration 0004_medical; statements in db/medical.py).
+
+    ``source_header`` is what DICOM SEG / NIfTI outputs copy from the input (the DICOM dataset
+    without pixel data, or the NIfTI header), so they work after the input is deleted. For a
+    volume job ``data`` holds every prompt's mask volume (see ``medparse.medical.volumes``).
+    """
+
+    __tablename__ = "job_medical"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    #: ``dicom`` or ``nifti``
+    source_kind: Mapped[str] = mapped_column(String(16))
+    source_header: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: the label volume's shape (the input's spatial shape); NULL for a 2-D result
+    volume_shape: Mapped[list[int] | None] = mapped_column(JSON)
+    slice_axis: Mapped[int | None] = mapped_column(Integer)
+    #: 4x4 voxel-to-world matrix of a NIfTI input
+    affine: Mapped[list[list[float]] | None] = mapped_column(JSON)
+    encoding: Mapped[str | None] = mapped_column(String(32))
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 # --- Webhooks (migration 0002_webhooks; statements in db/webhooks.py) ---

@@ -7,6 +7,8 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.auth import PRINCIPAL, authenticate
 from gateway.keys import ENGINE, RATE_LIMITER, SETTINGS
@@ -36,6 +38,15 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         code = HTTP_CODES.get(exc.status, f"http_{exc.status}")
         detail = exc.reason if exc.status != 413 else f"request body larger than {request.app._client_max_size} bytes"
         return problem_response(ApiProblem(exc.status, code, detail), request.path)
+    except (OperationalError, InterfaceError, ConnectionError, TimeoutError, RedisError) as exc:
+        # The database or Redis is briefly away (restart, failover): retryable, and with the same
+        # Idempotency-Key a retry can never create a second job.
+        log.warning("dependency unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
+        unavailable = ApiProblem(
+            503, "service_unavailable", "a backing service is briefly unavailable; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+        return problem_response(unavailable, request.path)
     except Exception:
         # Never echo internals (or request bytes) to the client; the id ties the log line to the reply.
         error_id = uuid.uuid4().hex[:12]

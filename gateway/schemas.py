@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from db.status import JobStatus
 
@@ -40,6 +40,30 @@ class CustomWindow(BaseModel):
     width: Annotated[float, Field(gt=0)]
 
 
+SliceList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=4096)]
+
+
+class SliceRange(BaseModel):
+    """Slices ``start`` .. ``stop - 1`` of a volume (or frames of a multi-frame DICOM)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: Annotated[int, Field(ge=0)]
+    stop: Annotated[int, Field(gt=0)]
+
+    @model_validator(mode="after")
+    def _stop_after_start(self) -> SliceRange:
+        if self.stop <= self.start:
+            raise ValueError("stop must be greater than start (stop is exclusive)")
+        return self
+
+
+class ModelName(StrEnum):
+    #: the 2-D model; a volume is segmented slice by slice
+    medimageparse = "medimageparse"
+    #: MedImageParse 3D: a whole NIfTI volume in one call (its own endpoint settings)
+    medimageparse_3d = "medimageparse-3d"
+
+
 class JobOptions(BaseModel):
     """Per-job options, recorded on the job and echoed back."""
 
@@ -47,6 +71,14 @@ class JobOptions(BaseModel):
     modality: Modality | None = None
     #: CT window for high-bit-depth inputs: a preset name or {center, width} in input units
     window: WindowPreset | CustomWindow | None = None
+    #: one frame of a multi-frame DICOM (a 2-D job), or the volume of a 4-D NIfTI (0-based)
+    frame: Annotated[int, Field(ge=0)] | None = None
+    #: the NIfTI axis to slice along (default 2, the samples' ``volume[:, :, k]``)
+    slice_axis: Literal[0, 1, 2] | None = None
+    #: the slices (or DICOM frames) to segment: indices, or {start, stop}; default all
+    slices: SliceList | SliceRange | None = None
+    #: which model segments the job (default medimageparse)
+    model: ModelName | None = None
 
 
 class JobCreateJson(BaseModel):
@@ -70,6 +102,9 @@ class ErrorPublic(BaseModel):
 
 
 class InputPublic(BaseModel):
+    #: DICOM/NIfTI inputs add what the probe found: ``kind`` (image/volume), ``frames``, ``shape``,
+    #: ``slice_axis``, ``slices``, ``photometric``, ``transfer_syntax``, ``modality``
+    model_config = ConfigDict(extra="allow")
     width: int
     height: int
     format: str
@@ -92,6 +127,16 @@ class ResultPublic(BaseModel):
     masks: list[MaskPublic]
     npz_url: str
     provenance: dict[str, object]
+    #: ``GET /v1/jobs/{id}/result?format=...`` URL of every output format this result has
+    formats: dict[str, str] | None = None
+    #: volume results: ``shape`` (the input's), ``slice_axis``, ``affine`` (NIfTI)
+    volume: dict[str, object] | None = None
+
+
+class ProgressPublic(BaseModel):
+    #: slices segmented so far, of ``total``
+    done: int
+    total: int
 
 
 class JobUrls(BaseModel):
@@ -113,6 +158,8 @@ class JobPublic(BaseModel):
     input: InputPublic
     result: ResultPublic | None
     urls: JobUrls
+    #: volume jobs: slices done so far (null for 2-D jobs)
+    progress: ProgressPublic | None = None
 
 
 class JobsPublic(BaseModel):

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import jobs as repo
 from db.status import CANCELABLE, JobStatus, is_terminal
-from gateway import idempotency
+from gateway import idempotency, medical
 from gateway.auth import Principal
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
@@ -27,6 +27,7 @@ from gateway.submission import JobSubmission
 from gateway.tenancy import tenant_transaction
 from gateway.webhook_services import attach_job_webhook
 from medparse import imaging, masks
+from medparse.medical.errors import OptionRejected
 from medparse.settings import Settings
 from medparse.webhooks.outbox import record_transition_async
 
@@ -74,7 +75,7 @@ def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | N
             "provenance": row["result_meta"] or {},
         }
     return JobPublic.model_validate(
-        {
+        medical.public_extras(row, {  # DICOM/NIfTI details, progress, result formats (gateway/medical.py)
             "id": row["id"],
             "status": row["status"],
             "prompts": row["prompts"],
@@ -93,22 +94,24 @@ def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | N
             },
             "result": result,
             "urls": {"get": job_url(row["id"]), "cancel": f"{job_url(row['id'])}/cancel"},
-        }
+        })
     )
 
 
-async def probe_upload(image: bytes, settings: Settings) -> imaging.ImageInfo:
+async def probe_upload(
+    image: bytes, settings: Settings, options: Mapping[str, Any] | None = None
+) -> imaging.ImageInfo:
     try:
         if len(image) <= INLINE_PROBE_BYTES:
-            return imaging.probe_image(image, max_pixels=settings.max_image_pixels)
+            return medical.probe(image, settings, options)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            None, lambda: imaging.probe_image(image, max_pixels=settings.max_image_pixels)
-        )
+        return await loop.run_in_executor(None, lambda: medical.probe(image, settings, options))
     except imaging.ImageRejected as exc:
         status = 413 if exc.code == "image_too_large" else (415 if exc.code == "unsupported_format" else 422)
         fields = [{"field": "image", "message": exc.message}]
         raise ApiProblem(status, exc.code, f"image: {exc.message}", fields=fields) from None
+    except OptionRejected as exc:  # e.g. frame 7 of a 2-frame DICOM
+        raise field_error(exc.field, exc.message, code="invalid_option") from None
 
 
 @dataclass(frozen=True)
@@ -159,18 +162,20 @@ async def _insert_job(
     submission: JobSubmission,
     reservation: idempotency.Reservation | None,
 ) -> JobPublic:
-    info = await probe_upload(submission.image, settings)
+    options = submission.options.model_dump(mode="json", exclude_none=True)
+    info = await probe_upload(submission.image, settings, options)
     new = repo.NewJob(
         id=uuid.uuid4(),
         tenant_id=who.tenant_id,
         prompts=submission.prompts,
-        options=submission.options.model_dump(mode="json", exclude_none=True),
+        options=options,
         input_format=info.format,
         input_width=info.width,
         input_height=info.height,
         image=submission.image,
         now=utcnow(),
         priority=submission.priority,
+        input_meta=info.details,
     )
     job = to_public(_new_job_row(new, info, len(submission.image)), None)
     job_stmt, input_stmt = repo.insert_job_statements(new)
@@ -207,6 +212,7 @@ def _new_job_row(new: repo.NewJob, info: imaging.ImageInfo, size: int) -> dict[s
         "priority": new.priority, "error_code": None, "error_message": None,
         "input_width": info.width, "input_height": info.height, "input_format": info.format,
         "input_bytes": size, "result_width": None, "result_height": None, "result_meta": None,
+        "input_meta": info.details, "progress": None,
     }
 
 
@@ -316,6 +322,10 @@ async def load_masks(
         mask_rows = list((await conn.execute(repo.select_mask_data(job_id, index))).mappings())
     if not mask_rows:
         raise not_found("mask")
+    if medical.is_volume_row(row):  # a volume's masks are 3-D: served by gateway/results.py
+        raise ApiProblem(
+            409, "volume_result", "the job's masks are volumes; use result?format=npz or result?format=nifti"
+        )
     return [masks.decode_mask(m["data"], m["height"], m["width"]) for m in mask_rows]
 
 

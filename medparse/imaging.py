@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +27,8 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 from PIL import Image
+
+from medparse.medical.formats import sniff_medical
 
 RejectCode = Literal["unsupported_format", "corrupt_image", "image_too_large", "empty_image"]
 
@@ -64,6 +66,8 @@ class ImageInfo:
     height: int
     channels: int  # bands as stored: alpha included, a palette image counts 1
     bit_depth: int  # bits per sample as stored
+    #: DICOM/NIfTI only (medparse.medical.inputs): frames, volume shape, slice axis; stored as jobs.input_meta
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,19 +143,24 @@ def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     )
 
 
-def load_pixels(data: bytes, *, max_pixels: int) -> np.ndarray:
+def load_pixels(data: bytes, *, max_pixels: int, options: Mapping[str, Any] | None = None) -> np.ndarray:
     """The upload as 8-bit pixels, upright: (H, W) gray or (H, W, 3) RGB, alpha dropped.
 
-    16-bit, 32-bit and float images are normalised with ``PERCENTILES`` as in ``prepare_image``.
+    16-bit, 32-bit and float images are normalised with ``PERCENTILES`` (or the job's ``window``)
+    as in ``prepare_image``.
     """
-    pixels, _ = _load(data, max_pixels)
+    pixels, _ = _load(data, max_pixels, options)
     return pixels
 
 
 def prepare_image(
-    data: bytes, *, target: int = 1024, png_compress_level: int = 1, max_pixels: int
+    data: bytes, *, target: int = 1024, png_compress_level: int = 1, max_pixels: int,
+    options: Mapping[str, Any] | None = None,
 ) -> PreparedImage:
     """Decode, normalise to 8 bit, fit into target x target, pad black, encode an RGB PNG.
+
+    ``options`` are the job's (``window``, ``frame``; see medparse.medical); a DICOM upload is read
+    by ``medparse.medical.inputs.load_2d``.
 
     Intensity (only for sources that are not 8 bit, as in the toolkit): clip to the 0.5 and 99.5
     percentiles of all pixels, ``(x - lo) / (hi - lo) * 255``, truncate to uint8. A constant image
@@ -162,9 +171,16 @@ def prepare_image(
     choice costs about 40 % of the encode for about 5 % fewer bytes; Pillow's default level 6
     costs 3-6x level 1 for 15-20 % fewer bytes.
     """
+    pixels, source = _load(data, max_pixels, options)
+    return prepare_pixels(pixels, source, target=target, png_compress_level=png_compress_level)
+
+
+def prepare_pixels(
+    pixels: np.ndarray, source: dict[str, Any], *, target: int = 1024, png_compress_level: int = 1
+) -> PreparedImage:
+    """``prepare_image`` from 8-bit pixels (H, W) or (H, W, 3): a volume's slices come this way."""
     if not 0 <= png_compress_level <= 9:
         raise ValueError(f"png_compress_level must be 0..9, got {png_compress_level}")
-    pixels, source = _load(data, max_pixels)
     geometry = Geometry.fit(pixels.shape[0], pixels.shape[1], target)
     if geometry.scale < 1:
         interpolation, flag = "cv2.INTER_AREA", cv2.INTER_AREA  # anti-aliased, the right filter for shrinking
@@ -203,7 +219,8 @@ def _sniff(data: bytes) -> str:
         if data.startswith(magic):
             return fmt
     raise ImageRejected(
-        "unsupported_format", "upload a PNG, JPEG or TIFF image (the file's content is none of these)"
+        "unsupported_format",
+        "upload a PNG, JPEG, TIFF, DICOM or NIfTI image (the file's content is none of these)",
     )
 
 
@@ -297,8 +314,14 @@ def _bit_depth(im: Image.Image, fmt: str, data: bytes) -> int:
     return _BITS.get(im.mode, 8)
 
 
-def _load(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _load(
+    data: bytes, max_pixels: int, options: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode to upright 8-bit pixels (H, W) or (H, W, 3), and describe what was done."""
+    if sniff_medical(data) == "dicom":
+        from medparse.medical.inputs import load_2d  # imports this module
+
+        return load_2d(data, options, max_pixels)
     im, fmt, orientation = _open_decoded(data, max_pixels)
     mode = im.mode
     try:
@@ -313,7 +336,7 @@ def _load(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
         raise ImageRejected(
             "unsupported_format", f"pixel format {mode!r} is not supported; save the image as 8 or 16 bit"
         ) from exc
-    pixels, normalization = _to_uint8(raw)
+    pixels, normalization = _to_uint8(raw, (options or {}).get("window"))
     pixels = _orient(pixels, orientation)
     source = {"format": fmt, "mode": mode, "exif_orientation": orientation, "normalization": normalization}
     return pixels, source
@@ -332,7 +355,11 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(pixels) if orientation != 1 else pixels
 
 
-def _to_uint8(raw: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def _to_uint8(raw: np.ndarray, window: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+    if window is not None:  # a CT preset or {center, width}: medparse.medical.windowing
+        from medparse.medical.windowing import to_uint8
+
+        return to_uint8(raw, window)
     if raw.dtype == np.uint8:
         return raw, {"method": "none"}
     if raw.ndim != 2:

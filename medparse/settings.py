@@ -89,6 +89,27 @@ class Settings(BaseSettings):
     #: zlib level of the PNG we send: level 1 costs a third of Pillow's default 6 for ~15 % more bytes.
     endpoint_png_compress_level: int = 1
 
+    # --- medical inputs: DICOM, NIfTI volumes, the 3-D model (medparse/medical, workers/volume_pipeline.py) ---
+    #: Voxels of the volume a job segments (one frame of a 4-D NIfTI), checked from the header before
+    #: anything is allocated; the worker holds the volume as floats plus one byte per voxel and prompt.
+    max_volume_voxels: int = 50_000_000
+    #: Size of the uncompressed NIfTI file (all frames); a .nii.gz is never inflated beyond it.
+    max_volume_bytes: int = 512 * 1024 * 1024
+    #: Slices (or DICOM frames) one volume job may segment with the 2-D model: each is a model call row.
+    max_volume_slices: int = 1024
+    #: Slices per endpoint request in a volume job (input_data.data rows); the docs advise few rows
+    #: ("in the dozens" at most) because every row carries a 1024x1024 PNG and N 1024x1024 masks.
+    volume_rows_per_request: int = 4
+    #: Masks (rows x prompts) per volume request at most: bounds the response (~1.4 MB of base64 each).
+    volume_max_masks_per_request: int = 32
+    #: The MedImageParse 3-D endpoint; unset URI/key mean the 2-D endpoint's (then the deployment
+    #: header picks the 3-D deployment). The 3-D model scores a whole volume in one call, so it gets
+    #: the samples' 180 s request timeout plus a margin.
+    endpoint_3d_scoring_uri: str | None = None
+    endpoint_3d_key: SecretStr | None = None
+    endpoint_3d_deployment: str | None = "medimageparse-3d"
+    endpoint_3d_read_timeout_s: float = 185.0
+
     # --- workers and the job lifecycle ------------------------------------------------------
     worker_concurrency: int = 8
     #: Attempts per job before it ends ``failed`` with ``attempts_exhausted``.

@@ -161,11 +161,11 @@ def deliver(engine: Engine, sender: WebhookSender, settings: Settings, delivery_
         headers = webhook_headers(claimed.signing_secrets, msg_id, int(started_at.timestamp()), body)
         result = sender.send(claimed.url, body, headers)
     finish(engine, claimed, result, settings, started_at)
-    # The host only: paths and queries may carry the receiver's own tokens; never the body or secrets.
+    # Ids and the error's kind only: no URL (its query may carry the receiver's token), body or secret.
     log.info(
         "webhook %s (%s) attempt %d to %s: %s %s",
         webhook_id(claimed.id), claimed.payload.get("type"), claimed.attempt,
         "endpoint " + str(claimed.endpoint_id) if claimed.endpoint_id else "job url",
-        result.outcome.value, result.status_code or result.error or "",
+        result.outcome.value, result.status_code or (result.error or "").split(":")[0],
     )
     return result.outcome.value

@@ -1,0 +1,288 @@
+"""DICOM and NIfTI uploads for the rest of the service: the submit-time probe and the worker's readers.
+
+An upload is a **2-D job** (a single-frame DICOM, or one ``frame`` of a multi-frame DICOM) or a
+**volume job** (a NIfTI, or a multi-frame DICOM without ``frame``: every frame is a slice). A volume
+is segmented slice by slice with the 2-D model, or sent whole to the 3-D model (``model``
+``medimageparse-3d``, NIfTI only). ``probe`` runs every check the worker would (limits, options that
+must fit the input, a full decode), so a job that is accepted does not fail on its input later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medparse.imaging import ImageInfo, ImageRejected
+from medparse.medical import dicom, nifti, windowing
+from medparse.medical.errors import OptionRejected
+from medparse.medical.formats import sniff_medical
+from medparse.medical.options import DEFAULT_SLICE_AXIS, MedicalOptions
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int
+    max_volume_voxels: int
+    max_volume_bytes: int
+    max_volume_slices: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        return cls(
+            max_pixels=settings.max_image_pixels,
+            max_volume_voxels=settings.max_volume_voxels,
+            max_volume_bytes=settings.max_volume_bytes,
+            max_volume_slices=settings.max_volume_slices,
+        )
+
+
+@dataclass(frozen=True)
+class MedicalRecord:
+    """What a finished job keeps besides its masks (the ``job_medical`` row)."""
+
+    source_kind: str
+    source_header: bytes | None
+    volume_shape: list[int] | None = None
+    slice_axis: int | None = None
+    affine: list[list[float]] | None = None
+    encoding: str | None = None
+    data: bytes | None = None
+
+
+@dataclass
+class SliceStack:
+    """A volume as the worker segments it: slice-major values, the selection, one intensity mapping."""
+
+    #: (S, H, W) or (S, H, W, 3), in modality units; slice k of the input is ``values[k]``
+    values: np.ndarray
+    slice_axis: int
+    indices: list[int]
+    bounds: windowing.Bounds | None
+    invert: bool
+    source: dict[str, Any]
+    record: MedicalRecord
+    #: the 3-D model gets the NIfTI itself: the (frame of the) file as .nii.gz bytes
+    nifti_bytes: bytes | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        return int(self.values.shape[1]), int(self.values.shape[2])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        dims = list(self.slice_shape)
+        dims.insert(self.slice_axis, int(self.values.shape[0]))
+        return tuple(dims)
+
+    def slice_uint8(self, k: int) -> np.ndarray:
+        values = self.values[k]
+        if values.ndim == 3 or self.bounds is None:
+            pixels, _ = windowing.to_uint8(values, None)
+        else:
+            pixels = self.bounds.apply(values)
+        return np.subtract(255, pixels, dtype=np.uint8) if self.invert else np.ascontiguousarray(pixels)
+
+
+def probe(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> ImageInfo | None:
+    """ImageInfo (with ``details``) of a DICOM/NIfTI upload; None when the upload is neither.
+
+    Raises:
+        ImageRejected: the file is unreadable, unsupported or too large.
+        OptionRejected: an option does not fit this input.
+    """
+    kind = sniff_medical(data)
+    if kind is None:
+        return None
+    opts = MedicalOptions.from_job(options)
+    if kind == "dicom":
+        return _probe_dicom(data, opts, limits)
+    return _probe_nifti(data, opts, limits)
+
+
+def is_volume(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> bool:
+    kind = sniff_medical(data)
+    if kind == "nifti":
+        return True
+    if kind != "dicom":
+        return False
+    header = dicom.open_dicom(data, max_pixels=limits.max_pixels)
+    return header.frames > 1 and MedicalOptions.from_job(options).frame is None
+
+
+def _probe_dicom(data: bytes, opts: MedicalOptions, limits: Limits) -> ImageInfo:
+    header = dicom.open_dicom(data, max_pixels=limits.max_pixels)
+    _check_dicom_options(header, opts, limits)
+    frames = [opts.frame] if opts.frame is not None else (None if header.frames > 1 else [0])
+    dicom.decode(header, frames)  # a full decode: damaged pixel data is a 4xx now, not a failed job later
+    details: dict[str, Any] = {"kind": "image", **header.details()}
+    if opts.frame is None and header.frames > 1:
+        indices = opts.slice_indices(header.frames)
+        details.update(kind="volume", shape=[header.frames, header.rows, header.columns], slice_axis=0,
+                       slices=len(indices))
+    bits = int(header.dataset.get("BitsStored") or header.dataset.get("BitsAllocated") or 8)
+    return ImageInfo(
+        format="dicom", width=header.columns, height=header.rows, channels=header.samples_per_pixel,
+        bit_depth=bits, details=details,
+    )
+
+
+def _check_dicom_options(header: dicom.DicomHeader, opts: MedicalOptions, limits: Limits) -> None:
+    if opts.uses_3d_model:
+        raise OptionRejected("options.model", "the 3-D model takes NIfTI volumes; use medimageparse for DICOM")
+    if opts.slice_axis is not None:
+        raise OptionRejected("options.slice_axis", "applies to NIfTI volumes; the frames of a DICOM are its slices")
+    if opts.frame is not None:
+        if opts.slices is not None:
+            raise OptionRejected("options.slices", "give either frame (one frame) or slices (several), not both")
+        if not 0 <= opts.frame < header.frames:
+            last = header.frames - 1
+            raise OptionRejected("options.frame", f"this DICOM has {header.frames} frame(s): use 0..{last}")
+        return
+    if header.frames == 1 and opts.slices is not None:
+        raise OptionRejected("options.slices", "this DICOM has a single frame; slices apply to multi-frame files")
+    if header.frames > 1 and len(opts.slice_indices(header.frames)) > limits.max_volume_slices:
+        raise OptionRejected("options.slices", f"at most {limits.max_volume_slices} frames per job; choose slices")
+
+
+def _probe_nifti(data: bytes, opts: MedicalOptions, limits: Limits) -> ImageInfo:
+    header = nifti.parse_header(data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes)
+    axis, indices = _check_nifti_options(header, opts, limits)
+    values, _ = nifti.load(data, header, frame=opts.frame)
+    rows, cols = (d for i, d in enumerate(header.spatial_shape) if i != axis)
+    details: dict[str, Any] = {
+        "kind": "volume", "shape": list(header.spatial_shape), "slice_axis": axis, "slices": len(indices),
+        "dtype": str(values.dtype),
+    }
+    if header.frames > 1:
+        details.update(frames=header.frames, frame=opts.frame or 0)
+    return ImageInfo(
+        format="nifti", width=cols, height=rows, channels=1, bit_depth=header.dtype.itemsize * 8, details=details,
+    )
+
+
+def _check_nifti_options(
+    header: nifti.NiftiHeader, opts: MedicalOptions, limits: Limits
+) -> tuple[int, list[int]]:
+    if opts.frame is not None and not 0 <= opts.frame < header.frames:
+        what = f"has {header.frames} volumes: use 0..{header.frames - 1}" if header.frames > 1 else "is 3-D"
+        raise OptionRejected("options.frame", f"frame picks a volume of a 4-D NIfTI; this one {what}")
+    if opts.uses_3d_model:
+        if opts.slices is not None or opts.slice_axis is not None:
+            raise OptionRejected("options.slices", "the 3-D model segments the whole volume; drop slices/slice_axis")
+        return DEFAULT_SLICE_AXIS, list(range(header.spatial_shape[DEFAULT_SLICE_AXIS]))
+    axis = DEFAULT_SLICE_AXIS if opts.slice_axis is None else opts.slice_axis
+    rows, cols = (d for i, d in enumerate(header.spatial_shape) if i != axis)
+    if rows * cols > limits.max_pixels:
+        raise ImageRejected("image_too_large", f"slices of {cols}x{rows} pixels exceed the {limits.max_pixels} limit")
+    indices = opts.slice_indices(header.spatial_shape[axis])
+    if len(indices) > limits.max_volume_slices:
+        raise OptionRejected(
+            "options.slices", f"{len(indices)} slices; at most {limits.max_volume_slices} per job, choose slices"
+        )
+    return axis, indices
+
+
+def load_2d(data: bytes, options: Mapping[str, Any] | None, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """A 2-D DICOM job's pixels as uint8 (H, W) or (H, W, 3), and how they were made (provenance)."""
+    opts = MedicalOptions.from_job(options)
+    header = dicom.open_dicom(data, max_pixels=max_pixels)
+    frame = opts.frame or 0
+    values = dicom.decode(header, [frame])
+    pixels, normalization = windowing.to_uint8(values, opts.window)
+    pixels, inverted = dicom.finish_uint8(header, pixels)
+    source = {
+        "format": "dicom", "transfer_syntax": header.transfer_syntax_name, "photometric": header.photometric,
+        "frame": frame, "modality_lut": _modality_lut(header), "inverted": inverted,
+        "normalization": normalization, "options": opts.echo(),
+    }
+    return np.ascontiguousarray(pixels), source
+
+
+def dicom_record(data: bytes, max_pixels: int) -> MedicalRecord:
+    header = dicom.open_dicom(data, max_pixels=max_pixels)
+    return MedicalRecord(source_kind="dicom", source_header=dicom.header_bytes(header))
+
+
+def open_volume(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> SliceStack:
+    """A volume job's input as a slice stack (NIfTI, or a multi-frame DICOM's frames)."""
+    opts = MedicalOptions.from_job(options)
+    if sniff_medical(data) == "dicom":
+        return _dicom_stack(data, opts, limits)
+    header = nifti.parse_header(data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes)
+    axis, indices = _check_nifti_options(header, opts, limits)
+    values, image = nifti.load(data, header, frame=opts.frame)
+    stacked = np.moveaxis(values, axis, 0)
+    bounds = None
+    if not (values.dtype == np.uint8 and opts.window is None):  # 8-bit voxels are used as they are
+        bounds = windowing.bounds_for(stacked if len(indices) == stacked.shape[0] else stacked[indices], opts.window)
+    record = MedicalRecord(
+        source_kind="nifti", source_header=nifti.header_blob(image), volume_shape=list(header.spatial_shape),
+        slice_axis=axis, affine=nifti.affine_of(image),
+    )
+    source = {
+        "format": "nifti", "nifti_version": header.version, "dtype": str(values.dtype), "slice_axis": axis,
+        "slices": len(indices), "options": opts.echo(),
+        "normalization": {**bounds.params, "scope": "volume"} if bounds else {"method": "none"},
+    }
+    if header.frames > 1:
+        source["frame"] = opts.frame or 0
+    stack = SliceStack(
+        values=stacked, slice_axis=axis, indices=indices, bounds=bounds, invert=False, source=source, record=record,
+    )
+    if opts.uses_3d_model:
+        stack.nifti_bytes = nifti_for_3d(data, header, values, image)
+    return stack
+
+
+def _dicom_stack(data: bytes, opts: MedicalOptions, limits: Limits) -> SliceStack:
+    header = dicom.open_dicom(data, max_pixels=limits.max_pixels)
+    _check_dicom_options(header, opts, limits)
+    indices = opts.slice_indices(header.frames)
+    values = dicom.decode(header, None)
+    gray = values.ndim == 3
+    bounds = None
+    if gray and not (values.dtype == np.uint8 and opts.window is None):
+        bounds = windowing.bounds_for(values if len(indices) == header.frames else values[indices], opts.window)
+    record = MedicalRecord(
+        source_kind="dicom", source_header=dicom.header_bytes(header), volume_shape=list(values.shape[:3]),
+        slice_axis=0,
+    )
+    source = {
+        "format": "dicom", "transfer_syntax": header.transfer_syntax_name, "photometric": header.photometric,
+        "frames": header.frames, "slices": len(indices), "modality_lut": _modality_lut(header),
+        "inverted": header.photometric == "MONOCHROME1",
+        "normalization": {**bounds.params, "scope": "volume"} if bounds else {"method": "none"},
+        "options": opts.echo(),
+    }
+    return SliceStack(
+        values=values, slice_axis=0, indices=indices, bounds=bounds, invert=header.photometric == "MONOCHROME1",
+        source=source, record=record,
+    )
+
+
+def nifti_for_3d(data: bytes, header: nifti.NiftiHeader, values: np.ndarray, image: Any) -> bytes:
+    """What the 3-D endpoint gets: the upload itself (gzip'd if raw); one frame re-encoded for a 4-D file."""
+    import gzip
+
+    if header.frames == 1:
+        return data if data.startswith(b"\x1f\x8b") else gzip.compress(data, compresslevel=1, mtime=0)
+    klass = nifti.type_for(image.header)
+    with nifti.quiet():
+        frame = klass(values, image.affine)
+        return gzip.compress(frame.to_bytes(), compresslevel=1, mtime=0)
+
+
+def _modality_lut(header: dicom.DicomHeader) -> dict[str, Any] | None:
+    ds = header.dataset
+    if "ModalityLUTSequence" in ds:
+        return {"type": "sequence"}
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return {"slope": float(ds.get("RescaleSlope", 1.0)), "intercept": float(ds.get("RescaleIntercept", 0.0))}
+    rescale = dicom._functional_group_rescale(ds, 0)
+    if rescale is not None:
+        return {"slope": rescale[0], "intercept": rescale[1], "from": "functional groups"}
+    return None

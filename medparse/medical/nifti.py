@@ -1,0 +1,223 @@
+"""NIfTI-1/-2 uploads (.nii or .nii.gz): the header checked by hand before anything is allocated.
+
+A hostile header can declare terabytes, a gzip can inflate a thousandfold; so the dimensions, data
+type, data offset and the inflated size are checked from the raw header bytes first, the gzip is
+inflated with a hard cap of exactly the declared size, and only then does nibabel read the file.
+Slices are taken as the samples do: ``volume[:, :, k]`` for axis 2, no reorientation (protocol notes
+4.2), so a mask maps back to the array without any affine arithmetic.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medparse.imaging import ImageRejected
+from medparse.medical.formats import GZIP_MAGIC, NIFTI2_HEADER_SIZE, header_prefix, nifti_header_kind
+
+#: NIfTI datatype code -> numpy dtype of the values we accept (complex, RGB and float128 are not images we segment).
+DATATYPES: dict[int, str] = {
+    2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8",
+}
+#: Extensions between the header and the data; more than this is not a real file.
+MAX_VOX_OFFSET = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NiftiHeader:
+    version: int
+    byte_order: str
+    #: every dimension of the data array (spatial first, then time, ...)
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    vox_offset: int
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[:3]
+
+    @property
+    def frames(self) -> int:
+        return self.shape[3] if len(self.shape) > 3 else 1
+
+    @property
+    def file_bytes(self) -> int:
+        return self.vox_offset + int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+AnyNifti = nib.Nifti1Image | nib.Nifti2Image
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def corrupt(detail: str) -> ImageRejected:
+    return ImageRejected("corrupt_image", f"the NIfTI file is damaged or truncated ({detail}); export it again")
+
+
+def parse_header(data: bytes, *, max_voxels: int, max_bytes: int) -> NiftiHeader:
+    """Check the raw header of an upload.
+
+    Raises:
+        ImageRejected: not a single-file NIfTI, an impossible header, an unsupported data type,
+            or a volume above ``max_voxels`` (3-D, per frame) / ``max_bytes`` (the inflated file).
+    """
+    prefix = header_prefix(data)
+    kind = nifti_header_kind(prefix)
+    if kind is None:
+        raise corrupt("no NIfTI header")
+    version, order = kind
+    magic = prefix[344:348] if version == 1 else prefix[4:12]
+    if magic.startswith(b"ni"):
+        raise ImageRejected(
+            "unsupported_format",
+            "this is a NIfTI header whose image is a separate .img file; upload one .nii or .nii.gz",
+        )
+    dims, datatype, bitpix, vox_offset = _raw_fields(prefix, version, order)
+    ndim = dims[0]
+    if not 1 <= ndim <= 7:
+        raise corrupt(f"dim[0] = {ndim}")
+    shape = tuple(int(d) for d in dims[1:ndim + 1])
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if any(d < 1 for d in shape):
+        raise ImageRejected("empty_image", f"the NIfTI volume has no voxels (dims {list(shape)})")
+    if len(shape) > 4:
+        raise ImageRejected(
+            "unsupported_format", f"NIfTI with {len(shape)} dimensions is not supported; use 2-D, 3-D or 4-D"
+        )
+    if datatype not in DATATYPES:
+        raise ImageRejected(
+            "unsupported_format", f"NIfTI datatype {datatype} is not supported; use integer or float voxels"
+        )
+    dtype = np.dtype(order + DATATYPES[datatype])
+    if bitpix != dtype.itemsize * 8:
+        raise corrupt(f"bitpix {bitpix} does not match datatype {datatype}")
+    header_size = 348 if version == 1 else NIFTI2_HEADER_SIZE
+    if not header_size <= vox_offset <= MAX_VOX_OFFSET:
+        raise corrupt(f"vox_offset {vox_offset}")
+    spatial = shape + (1,) * (3 - len(shape)) if len(shape) < 3 else shape
+    header = NiftiHeader(version, order, spatial if len(shape) <= 3 else shape, dtype, vox_offset)
+    voxels = int(np.prod(header.spatial_shape, dtype=np.int64))
+    if voxels > max_voxels or header.file_bytes > max_bytes:
+        raise ImageRejected(
+            "image_too_large",
+            f"the NIfTI volume has {list(shape)} voxels ({header.file_bytes} bytes); the limits are {max_voxels} "
+            f"voxels per volume and {max_bytes} bytes per file, crop or downsample it first",
+        )
+    return header
+
+
+def _raw_fields(prefix: bytes, version: int, order: str) -> tuple[tuple[int, ...], int, int, int]:
+    """dim[8], datatype, bitpix and vox_offset from a NIfTI-1 or NIfTI-2 header."""
+    if version == 1:
+        dims = struct.unpack(order + "8h", prefix[40:56])
+        datatype, bitpix = struct.unpack(order + "2h", prefix[70:74])
+        vox_offset_f = struct.unpack(order + "f", prefix[108:112])[0]
+        if not np.isfinite(vox_offset_f):
+            raise corrupt("vox_offset is not a number")
+        return dims, datatype, bitpix, int(vox_offset_f)
+    datatype, bitpix = struct.unpack(order + "2h", prefix[12:16])
+    dims = struct.unpack(order + "8q", prefix[16:80])
+    return dims, datatype, bitpix, struct.unpack(order + "q", prefix[168:176])[0]
+
+
+def inflate(data: bytes, header: NiftiHeader) -> bytes:
+    """The uncompressed file, exactly as long as the header declares (never more is inflated)."""
+    expected = header.file_bytes
+    if not data.startswith(GZIP_MAGIC):
+        raw = data
+    else:
+        inflater = zlib.decompressobj(wbits=47)
+        try:
+            raw = inflater.decompress(data, expected)
+        except zlib.error as exc:
+            raise corrupt(f"gzip: {exc}") from None
+    if len(raw) < expected:
+        raise corrupt(f"{len(raw)} bytes of {expected} declared")
+    return raw[:expected]
+
+
+def load(data: bytes, header: NiftiHeader, *, frame: int | None) -> tuple[np.ndarray, AnyNifti]:
+    """The 3-D volume (frame ``frame`` of a 4-D file, default 0) with scaling applied, and the image."""
+    raw = inflate(data, header)
+    klass = nib.Nifti1Image if header.version == 1 else nib.Nifti2Image
+    try:
+        with quiet():
+            image = klass.from_bytes(raw)
+            proxy = image.dataobj
+            if len(header.shape) == 4:
+                values = np.asanyarray(proxy[..., frame or 0])
+            else:
+                values = np.asanyarray(proxy).reshape(header.spatial_shape)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # nibabel raises many types on inconsistent headers
+        raise corrupt(f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}") from exc
+    if values.dtype.kind not in "uif":
+        raise ImageRejected("unsupported_format", f"NIfTI voxels of type {values.dtype} are not supported")
+    return values, image
+
+
+def affine_of(image: AnyNifti) -> list[list[float]]:
+    affine = image.affine
+    return [[float(v) for v in row] for row in (affine if affine is not None else np.eye(4))]
+
+
+def label_volume_bytes(labels: np.ndarray, header_blob: bytes | None, affine: list[list[float]] | None) -> bytes:
+    """A .nii.gz of ``labels`` with the input's header (shape, type and scaling adjusted) and affine."""
+    with quiet():
+        header = _header_from_blob(header_blob)
+        matrix = np.asarray(affine, np.float64) if affine is not None else None
+        if header is not None:
+            image = type_for(header)(labels, matrix, header=header)
+        else:
+            image = nib.Nifti1Image(labels, matrix if matrix is not None else np.eye(4))
+        image.set_data_dtype(labels.dtype)
+        image.header.set_slope_inter(1.0, 0.0)
+        image.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+        image.header["cal_min"], image.header["cal_max"] = 0, int(labels.max()) if labels.size else 0
+        raw = image.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0)
+
+
+def type_for(header: nib.Nifti1Header | nib.Nifti2Header) -> type[nib.Nifti1Image] | type[nib.Nifti2Image]:
+    return nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+
+
+def _header_from_blob(blob: bytes | None) -> nib.Nifti1Header | nib.Nifti2Header | None:
+    if not blob:
+        return None
+    kind = nifti_header_kind(blob)
+    if kind is None:
+        return None
+    klass = nib.Nifti1Header if kind[0] == 1 else nib.Nifti2Header
+    return klass.from_fileobj(io.BytesIO(blob), check=False)
+
+
+def header_blob(image: AnyNifti) -> bytes:
+    """The input's header bytes, stored so the label volume can carry the same geometry and metadata."""
+    return bytes(image.header.binaryblock)
+
+
+def read_nifti_bytes(blob: bytes) -> AnyNifti:
+    """A .nii or .nii.gz from bytes (for tests and the 3-D response); the caller bounds the size."""
+    raw = gzip.decompress(blob) if blob.startswith(GZIP_MAGIC) else blob
+    kind = nifti_header_kind(raw[:NIFTI2_HEADER_SIZE])
+    klass = nib.Nifti2Image if kind is not None and kind[0] == 2 else nib.Nifti1Image
+    with quiet():
+        return klass.from_bytes(raw)
