@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from db.engine import make_sync_engine
 from medparse.endpoint.client import EndpointClient
+from medparse.endpoint.client3d import make_client_3d
 from medparse.endpoint.limiter import make_in_flight_limiter
 from medparse.events import JobEventNotifier, make_notifier
 from medparse.settings import Settings
@@ -29,6 +30,8 @@ class WorkerContext:
     app: Celery
     #: wakes this process's dispatcher (a worker slot freed up, or the sweeper returned jobs)
     wake_dispatcher: Callable[[], None]
+    #: the MedImageParse 3D client (medparse/endpoint/client3d.py); None when not configured
+    client_3d: EndpointClient | None = None
 
 
 class ContextHolder:
@@ -46,11 +49,9 @@ class ContextHolder:
         with self._lock:
             if self._context is None or self._pid != os.getpid():
                 settings = self._settings
-                client = EndpointClient(settings, limiter=make_in_flight_limiter(
-                    settings,
-                    redis.Redis.from_url(settings.redis_url) if settings.redis_url else None,
-                    lease_s=settings.endpoint_in_flight_lease_s,
-                ))
+                redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+                limiter = make_in_flight_limiter(settings, redis_client, lease_s=settings.endpoint_in_flight_lease_s)
+                client = EndpointClient(settings, limiter=limiter)
                 self._context = WorkerContext(
                     settings=settings,
                     engine=make_sync_engine(settings, system_scope=True),
@@ -59,6 +60,7 @@ class ContextHolder:
                     notifier=make_notifier(settings),
                     app=self._app,
                     wake_dispatcher=self._wake_dispatcher,
+                    client_3d=make_client_3d(settings, limiter, redis_client),
                 )
                 self._pid = os.getpid()
             return self._context

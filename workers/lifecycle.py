@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
 from db import jobs as repo
+from db import medical as medical_repo
 from db.status import JobStatus
 from medparse.webhooks.outbox import record_transition
 from workers.pipeline import Segmentation
@@ -32,6 +34,8 @@ class Claim:
     attempt: int
     prompts: list[str]
     image: bytes
+    #: the job's options (window, frame, slices, model: medparse.medical.options)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
@@ -46,7 +50,9 @@ def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
         record_transition(conn, job_id, JobStatus.running)  # webhook outbox, same transaction
         row = conn.execute(repo.select_job_any_tenant(job_id)).mappings().one()
         image = conn.execute(repo.select_input(job_id)).scalar_one()
-    return Claim(job_id=job_id, attempt=attempt, prompts=list(row["prompts"]), image=image)
+    return Claim(
+        job_id=job_id, attempt=attempt, prompts=list(row["prompts"]), image=image, options=dict(row["options"] or {})
+    )
 
 
 def finish(engine: Engine, claimed: Claim, result: Segmentation, *, delete_input: bool = False) -> bool:
@@ -76,6 +82,9 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation, *, delete_input
             repo.transition_sync(conn, stmt)
             conn.execute(repo.delete_masks_stmt(claimed.job_id))
             conn.execute(repo.insert_masks_stmt(rows))
+            if result.medical is not None:  # DICOM/NIfTI source header, a volume's masks (db/medical.py)
+                conn.execute(medical_repo.delete_medical_stmt(claimed.job_id))
+                conn.execute(medical_repo.insert_medical_stmt(claimed.job_id, result.medical))
             if delete_input:
                 conn.execute(repo.delete_input_stmt(claimed.job_id))
             record_transition(conn, claimed.job_id, JobStatus.succeeded)  # webhook outbox, same transaction

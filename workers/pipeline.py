@@ -36,6 +36,8 @@ class Segmentation:
     height: int
     masks: list[StoredMask]
     provenance: dict[str, Any]
+    #: the ``job_medical`` row of a DICOM/NIfTI job (workers/volume_pipeline.py), stored by lifecycle.finish
+    medical: dict[str, Any] | None = None
 
 
 def call_id(job_id: str, attempt: int) -> str:
@@ -45,13 +47,15 @@ def call_id(job_id: str, attempt: int) -> str:
 
 
 def segment(
-    image: bytes, prompts: list[str], *, settings: Settings, batcher: RowBatcher, job_id: str, attempt: int = 1
+    image: bytes, prompts: list[str], *, settings: Settings, batcher: RowBatcher, job_id: str, attempt: int = 1,
+    options: dict[str, Any] | None = None,
 ) -> Segmentation:
     prepared = imaging.prepare_image(
         image,
         target=settings.endpoint_image_size,
         png_compress_level=settings.endpoint_png_compress_level,
         max_pixels=settings.max_image_pixels,
+        options=options,
     )
     scored_row = batcher.score(
         ScoreRow(image_png=prepared.png, prompts=prompts), job_id=job_id, client_request_id=call_id(job_id, attempt)

@@ -14,7 +14,7 @@ from medparse.imaging import ImageRejected
 from medparse.queue import SEGMENT_TASK
 from workers import lifecycle
 from workers.context import ContextHolder, WorkerContext
-from workers.pipeline import segment
+from workers.volume_pipeline import segment_job
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,8 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
     started = time.monotonic()
     with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):
         try:
-            result = segment(
-                claimed.image, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id_text,
-                attempt=claimed.attempt,
-            )
+            # PNG/JPEG/TIFF go on to workers.pipeline.segment; DICOM, NIfTI volumes and the 3-D model are handled there
+            result = segment_job(ctx, claimed, job_id_text)
             finished = lifecycle.finish(
                 ctx.engine, claimed, result, delete_input=settings.retention_delete_input_on_success
             )

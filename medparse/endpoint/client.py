@@ -21,7 +21,7 @@ import httpx
 from medparse.endpoint.auth import TokenProvider, make_token_provider
 from medparse.endpoint.errors import EndpointError
 from medparse.endpoint.limiter import InFlightLimiter, InFlightSlotTimeout, in_flight_limit
-from medparse.endpoint.protocol import ScoreResult, ScoreRow, build_request_body, parse_response
+from medparse.endpoint.protocol import RowResult, ScoreResult, ScoreRow, build_request_body, parse_response
 from medparse.endpoint.retry import Failure, FailureKind, RetryPolicy, RetryState, failure_from_status
 from medparse.settings import Settings
 
@@ -43,6 +43,8 @@ class EndpointClient:
         credential: bearer provider; built from ``settings`` when omitted (and then closed by ``close``).
         transport: an httpx transport, for tests; by default a pooled HTTP/1.1 transport without retries.
         policy, sleep, clock, rng: injectable retry policy and time, so tests need not wait.
+        parser: turns a 200 body into row results; the 3-D model's (``medparse.endpoint.protocol3d``)
+            differs from the 2-D default.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class EndpointClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        parser: Callable[[bytes, Sequence[ScoreRow]], list[RowResult]] = parse_response,
     ) -> None:
         uri = settings.endpoint_scoring_uri
         if not uri or not uri.startswith(("https://", "http://")):
@@ -68,6 +71,7 @@ class EndpointClient:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
+        self._parser = parser
         self._connect_timeout_s = settings.endpoint_connect_timeout_s
         self._read_timeout_s = settings.endpoint_read_timeout_s
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -122,7 +126,7 @@ class EndpointClient:
 
         server_request_id = _server_request_id(outcome)
         try:
-            results = parse_response(outcome.content, rows)
+            results = self._parser(outcome.content, rows)
         except EndpointError as exc:
             exc.attempts, exc.client_request_id, exc.status = state.attempts, client_request_id, 200
             log.warning(

@@ -150,3 +150,21 @@ def test_postgres_restart_during_submissions(
         assert figures["jobs"] == 50
     finally:
         cluster.stop_all()
+
+
+def test_sigterm_finishes_in_flight_work_and_nothing_stays_running(cluster: Cluster) -> None:
+    _, key = new_tenant(cluster.settings)
+    subs = Submissions()
+    cluster.submit(key, 24, subs)
+    job_ids = list(subs.accepted.values())
+    deadline = time.monotonic() + 30
+    while running_count(cluster, job_ids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker = cluster.workers[0]
+    worker.terminate()  # SIGTERM: Celery's warm shutdown finishes the tasks it is running
+    assert worker.wait(60) == 0
+    cluster.wait_terminal(job_ids, timeout_s=120)
+    figures = cluster.assert_nothing_lost(subs)
+    print("chaos figures:", figures)
+    # Warm shutdown finished its calls instead of abandoning them: no job needed a second attempt.
+    assert all(r["attempts"] == 1 for r in cluster.job_rows(job_ids).values())

@@ -1,0 +1,128 @@
+"""Soak: thousands of jobs through Postgres + Redis + 2 workers + the emulator with faults.
+
+Prints accepted and completed jobs/s, p50/p99 end-to-end latency (created_at -> completed_at, from
+Postgres), endpoint calls per job, and the lost / duplicated counts, which must both be 0:
+- lost: a job answered 202 that is not terminal at the end, or is missing;
+- duplicated: an Idempotency-Key that produced two jobs, or a job with more than one result set.
+Baseline in the same run: the emulator's capacity / latency, the most any client could achieve.
+
+    .venv/bin/python bench/soak.py [--jobs 2000] [--latency-ms 150] [--faults 500=0.03,429=0.02]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.chaos
+
+from db.engine import make_sync_engine  # noqa: E402
+from db.models import Job, JobMask  # noqa: E402
+from medparse.migrate import upgrade  # noqa: E402
+from medparse.settings import Settings  # noqa: E402
+from tests.chaos.cluster import Cluster, Submissions  # noqa: E402
+from tests.conftest import PG_ADMIN_URL, REDIS_URL  # noqa: E402
+from tests.factories import new_tenant  # noqa: E402
+
+CAPACITY = 8
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=int, default=150)
+    parser.add_argument("--faults", default="500=0.03,429=0.02")
+    parser.add_argument("--submitters", type=int, default=4)
+    args = parser.parse_args()
+
+    name = f"medparse_soak_{uuid.uuid4().hex[:8]}"
+    admin = make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    tmp = Path(tempfile.mkdtemp(prefix="medparse-soak-"))
+    namespace = f"soak-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        database_url=make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(
+            hide_password=False
+        ),
+        redis_url=REDIS_URL, redis_namespace=namespace, data_dir=tmp / "var",
+    )
+    cluster = Cluster(settings, tmp, latency_ms=args.latency_ms, faults=args.faults)
+    try:
+        upgrade(settings)
+        _, key = new_tenant(settings)
+        cluster.env["MEDPARSE_LOG_LEVEL"] = "WARNING"
+        cluster.env["MEDPARSE_TENANT_MAX_QUEUED_JOBS"] = str(args.jobs * 2)
+        cluster.start_all(workers=2)
+        subs = Submissions()
+        per = args.jobs // args.submitters
+        started = time.monotonic()
+        threads = [
+            threading.Thread(target=cluster.submit, args=(key, per, subs), kwargs={"prefix": f"s{n}"})
+            for n in range(args.submitters)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        accepted_s = time.monotonic() - started
+        job_ids = list(subs.accepted.values())
+        cluster.wait_terminal(job_ids, timeout_s=max(300, len(job_ids) / 5))
+        total_s = time.monotonic() - started
+        figures = cluster.assert_nothing_lost(subs, min_succeeded_ratio=0.0)
+        engine = make_sync_engine(settings, system_scope=True)
+        with engine.begin() as conn:
+            rows = conn.execute(select(Job.created_at, Job.completed_at, Job.status, Job.attempts)).all()
+            result_sets = conn.execute(
+                select(func.count()).select_from(
+                    select(JobMask.job_id, JobMask.index).group_by(JobMask.job_id, JobMask.index)
+                    .having(func.count() > 1).subquery()
+                )
+            ).scalar_one()
+        engine.dispose()
+        latencies = [(done - created).total_seconds() for created, done, _, _ in rows if done is not None]
+        lost = len(job_ids) - sum(1 for r in rows if r[2] in ("succeeded", "failed", "canceled"))
+        duplicated = (len(job_ids) - len(set(job_ids))) + result_sets
+        completed_per_s = len(rows) / total_s
+        ceiling = CAPACITY / (args.latency_ms / 1000)
+        print(f"jobs submitted           {len(job_ids)} (client retries {subs.retries})")
+        print(f"accepted                 {len(job_ids) / accepted_s:8.1f} jobs/s")
+        print(f"completed                {completed_per_s:8.1f} jobs/s   (endpoint ceiling {ceiling:.1f} jobs/s,"
+              f" ratio {completed_per_s / ceiling:.2f})")
+        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        print(f"end-to-end latency       p50 {p50:.2f} s   p99 {p99:.2f} s"
+              f"   mean {statistics.fmean(latencies):.2f} s (includes queueing behind the backlog)")
+        print(f"succeeded / failed       {figures['succeeded']} / {figures['failed']}")
+        print(f"endpoint calls per job   {figures['endpoint_calls'] / len(job_ids):.3f}")
+        print(f"lost                     {lost}   {'PASS' if lost == 0 else 'FAIL'}")
+        print(f"duplicated               {duplicated}   {'PASS' if duplicated == 0 else 'FAIL'}")
+        return 0 if lost == 0 and duplicated == 0 else 1
+    finally:
+        cluster.stop_all()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
+        if keys:
+            client.delete(*keys)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
