@@ -504,8 +504,9 @@ def report(phases: list[Phase], args: argparse.Namespace) -> bool:
               f"max http attempts/job {p.attempts_max}" + (f"; errors {p.errors}" if p.errors else ""))
         model_s = p.gpu_mean * CAPACITY / p.rate if p.rate else 0.0
         print(f"  mean over window: our slot holders {p.holders_mean:.2f}, emulator in flight {p.in_flight_mean:.2f}, "
-              f"on the model {p.gpu_mean * CAPACITY:.2f} of {CAPACITY}; rate = occupancy {p.gpu_mean:.1%} x "
-              f"{CAPACITY} / model time per request {model_s * 1000:.0f} ms (configured {LATENCY_MS:.0f})")
+              f"on the model {p.gpu_mean * CAPACITY:.2f} of {CAPACITY} (sampled: approximate); rate = occupancy "
+              f"{p.gpu_mean:.1%} x {CAPACITY} / model time per request {model_s * 1000:.0f} ms "
+              f"(configured {LATENCY_MS:.0f})")
         if p.cpu:
             print(f"  cpu over window, cores of {os.cpu_count()} (machine {p.machine_cpu:.0%} busy): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in p.cpu.items()))
@@ -541,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--headroom", type=int, default=0,
                         help="also run the backlog with this global cap (> 8) against the same capacity-8 emulator")
     parser.add_argument("--max-phase-s", type=float, default=90.0, help="bound on one phase's drain")
-    parser.add_argument("--wait-quiet", type=float, default=5.0,
+    parser.add_argument("--wait-quiet", type=float, default=10.0,
                         help=f"before each phase wait up to this many s for the machine to be < {QUIET_BUSY:.0%} busy")
     parser.add_argument("--emulator-nice", type=int, default=-10,
                         help="nice value of the emulator: it stands for a remote GPU box, not a neighbour of the "

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -76,6 +77,11 @@ class Job(Base):
         Index("ix__jobs__tenant_created", "tenant_id", "created_at", "id"),
         Index("ix__jobs__status_dispatched", "status", "dispatched_at"),
         Index("ix__jobs__tenant_status", "tenant_id", "status"),
+        Index(
+            "ix__jobs__undispatched", "tenant_id", text("priority DESC"), "created_at", "id",
+            postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),
+            sqlite_where=text("status = 'queued' AND dispatched_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)

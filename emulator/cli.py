@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from emulator.app import create_emulator_app
-from emulator.config import AUTH_MODES, SIZE_MODES, EmulatorConfig
+from emulator.config import AUTH_MODES, OUTPUT_3D_VARIANTS, SIZE_MODES, EmulatorConfig
 
 KEY_ENV = "MEDPARSE_EMULATOR_KEY"
 IDENTITY_HEADER_ENV = "MEDPARSE_EMULATOR_IDENTITY_HEADER"
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NAME=WEIGHT, repeatable (default medimageparse=100)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--deployment-3d", action="append", default=[],
+        help="deployment served by the 3-D model (NIfTI in, labels out), repeatable (default medimageparse-3d)",
+    )
+    parser.add_argument("--output-3d", choices=sorted(OUTPUT_3D_VARIANTS), default="nifti_file",
+                        help="3-D answer: the documented nifti_file, or the samples' image_features variant")
 
 
 def _pairs(spec: str, what: str) -> list[tuple[str, str]]:
@@ -92,6 +98,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
         size_mode=args.size_mode,
         allow_jpeg=args.allow_jpeg,
         seed=args.seed,
+        deployments_3d=list(args.deployment_3d) or ["medimageparse-3d"],
+        output_3d=args.output_3d,
     )
 
 

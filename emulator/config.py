@@ -12,6 +12,7 @@ from typing import Any
 
 AUTH_MODES = frozenset({"key", "aml_token", "aad_token"})
 SIZE_MODES = frozenset({"lenient", "strict"})
+OUTPUT_3D_VARIANTS = frozenset({"nifti_file", "image_features"})
 #: Status codes a managed online endpoint is documented to return for infrastructure or model trouble.
 INJECTABLE_STATUSES = frozenset({408, 424, 429, 500, 502, 503, 504})
 
@@ -48,10 +49,17 @@ class EmulatorConfig:
     allow_jpeg: bool = False
     max_rows: int = 256
     seed: int = 0
+    #: Deployments served by the MedImageParse 3D model (emulator/score3d.py): a request pinned to one of
+    #: them by the deployment header goes there, with or without a traffic weight.
+    deployments_3d: list[str] = field(default_factory=lambda: ["medimageparse-3d"])
+    #: The 3-D answer: ``nifti_file`` (documented) or ``image_features`` (the unmerged samples' variant).
+    output_3d: str = "nifti_file"
 
     def __post_init__(self) -> None:
         if self.auth_mode not in AUTH_MODES:
             raise ValueError(f"auth_mode must be one of {sorted(AUTH_MODES)}, not {self.auth_mode!r}")
+        if self.output_3d not in OUTPUT_3D_VARIANTS:
+            raise ValueError(f"output_3d must be one of {sorted(OUTPUT_3D_VARIANTS)}, not {self.output_3d!r}")
         if self.size_mode not in SIZE_MODES:
             raise ValueError(f"size_mode must be one of {sorted(SIZE_MODES)}, not {self.size_mode!r}")
         if self.auth_mode == "aad_token" and not self.identity_header:

@@ -16,12 +16,15 @@ from emulator.auth import may_score
 from emulator.config import EmulatorConfig
 from emulator.faults import FAULT_MESSAGES, IMMEDIATE_FAULTS, draw_fault, sample_latency_s
 from emulator.protocol import ModelInputError, ScoringLimits, score_body
+from emulator.score3d import Scoring3DLimits, score3d_body
 from emulator.state import CONFIG, EXECUTOR, STATE, EmulatorState
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 MODEL_ERROR_STATUS_HEADER = "ms-azureml-model-error-statuscode"
 MODEL_ERROR_REASON_HEADER = "ms-azureml-model-error-reason"
 INJECTED_FAULT_HEADER = "x-emulator-injected-fault"
+#: which model a scoring request went to: "2d", or "3d" for a deployment in config.deployments_3d
+MODEL_KIND = web.RequestKey("emulator_model_kind", str)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -58,7 +61,10 @@ async def score(request: web.Request) -> web.Response:
     config, state = request.app[CONFIG], request.app[STATE]
     if not may_score(request, config, state.tokens):
         return error_response(401, "Unauthorized: missing, invalid or expired bearer credential")
-    deployment = pick_deployment(request.headers.get(DEPLOYMENT_HEADER), config.deployments, state.rng)
+    requested = request.headers.get(DEPLOYMENT_HEADER)
+    three_d = requested is not None and requested in config.deployments_3d  # emulator/score3d.py
+    deployment = requested if three_d else pick_deployment(requested, config.deployments, state.rng)
+    request[MODEL_KIND] = "3d" if three_d else "2d"
     if deployment is None:
         return error_response(404, "No valid deployment to route to (unknown name or no positive weight)")
     state.stats.deployment_counts[deployment] += 1
@@ -118,7 +124,11 @@ async def _run_model(
         return injected_fault(fault)
     limits = ScoringLimits(config.size_mode, config.allow_jpeg, config.max_rows)
     try:
-        scored = await loop.run_in_executor(request.app[EXECUTOR], score_body, body, limits)
+        if request.get(MODEL_KIND) == "3d":
+            limits_3d = Scoring3DLimits(config.output_3d)
+            scored = await loop.run_in_executor(request.app[EXECUTOR], score3d_body, body, limits_3d)
+        else:
+            scored = await loop.run_in_executor(request.app[EXECUTOR], score_body, body, limits)
     except ModelInputError as exc:
         return model_error(400, str(exc))
     await asyncio.sleep(max(0.0, started + latency - loop.time()))

@@ -126,6 +126,23 @@ def build_document() -> dict[str, Any]:
             "responses": {"200": {"description": "uint8 array 'masks' (N, H, W) with 0/1 values",
                                   "content": {"application/octet-stream": {}}}, **_errors(404, 409), **auth_errors},
         }},
+        "/v1/jobs/{job_id}/result": {"get": {
+            "operationId": "getResult",
+            "description": "every output format of a succeeded job (gateway/results.py); provenance in the "
+                           "body where the format allows and in the Medparse-Provenance header",
+            "parameters": [
+                JOB_ID,
+                {"name": "format", "in": "query", "required": True,
+                 "schema": {"type": "string", "enum": ["png", "npz", "rle", "overlay", "nifti", "dicom-seg"]}},
+                {"name": "mask", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                 "description": "one prompt's mask (default all; png: 0)"},
+                {"name": "slice", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                 "description": "volume slice for png/overlay (default: the one with the most mask voxels)"},
+            ],
+            "responses": {"200": {"description": "the result in the requested format", "content": {
+                "image/png": {}, "application/octet-stream": {}, "application/json": {}, "application/gzip": {},
+                "application/dicom": {}}}, **_errors(400, 404, 409, 410), **auth_errors},
+        }},
         "/v1/usage": {"get": {
             "operationId": "getUsage",
             "parameters": [{"name": n, "in": "query", "schema": {"type": "string", "format": "date-time"}}

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Select, and_, func, or_, select, update
+from sqlalchemy import Select, and_, func, or_, select, text, true, update
 
 from db.models import Job, Tenant
 from db.status import JobStatus
@@ -42,14 +42,43 @@ def in_broker_stmt() -> Select[Any]:
     return select(func.count()).select_from(Job).where(Job.status == QUEUED, Job.dispatched_at.is_not(None))
 
 
-def fair_batch_stmt(free: int, default_running_cap: int) -> Select[Any]:
-    """Up to ``free`` undispatched job ids, round-robin across tenants within their caps."""
-    busy = (
+def _busy_per_tenant() -> Any:
+    """Jobs of each tenant that hold a place: running, or published and waiting in the broker."""
+    return (
         select(Job.tenant_id, func.count().label("n"))
         .where(or_(Job.status == JobStatus.running.value, and_(Job.status == QUEUED, Job.dispatched_at.is_not(None))))
         .group_by(Job.tenant_id)
         .cte("busy")
     )
+
+
+def fair_batch_stmt_pg(free: int, default_running_cap: int) -> Select[Any]:
+    """PostgreSQL form of ``fair_batch_stmt``: per tenant, read at most min(free, room) jobs off the
+    partial index ``ix__jobs__undispatched`` (LATERAL ... LIMIT) instead of numbering the whole
+    backlog, so a round costs ~2 ms with 55,000 jobs waiting rather than ~150 ms."""
+    busy = _busy_per_tenant()
+    room = func.greatest(0, func.coalesce(Tenant.max_running_jobs, default_running_cap) - func.coalesce(busy.c.n, 0))
+    order = (Job.priority.desc(), Job.created_at, Job.id)
+    head = (
+        select(Job.id, Job.created_at, func.row_number().over(order_by=order).label("rn"))
+        .where(Job.tenant_id == Tenant.id, Job.status == QUEUED, Job.dispatched_at.is_(None))
+        .order_by(*order)
+        .limit(func.least(free, room))
+        .lateral("head")
+    )
+    return (
+        select(head.c.id)
+        .select_from(Tenant)
+        .outerjoin(busy, busy.c.tenant_id == Tenant.id)
+        .join(head, true())
+        .order_by(head.c.rn, head.c.created_at)
+        .limit(free)
+    )
+
+
+def fair_batch_stmt(free: int, default_running_cap: int) -> Select[Any]:
+    """Up to ``free`` undispatched job ids, round-robin across tenants within their caps (portable)."""
+    busy = _busy_per_tenant()
     ranked = (
         select(
             Job.id,
@@ -82,12 +111,13 @@ def dispatch_round(ctx: WorkerContext) -> list[str] | None:
         if conn.dialect.name == "postgresql":
             if not conn.execute(select(func.pg_try_advisory_xact_lock(DISPATCH_LOCK_KEY))).scalar():
                 return None
+            # JIT compiling this small query costs more than running it (seen while tenants was unanalyzed).
+            conn.execute(text("SET LOCAL jit = off"))
         free = settings.dispatch_window - int(conn.execute(in_broker_stmt()).scalar_one())
         if free <= 0:
             return []
-        ids: list[uuid.UUID] = list(
-            conn.execute(fair_batch_stmt(free, settings.tenant_max_running_jobs)).scalars()
-        )
+        batch = fair_batch_stmt_pg if conn.dialect.name == "postgresql" else fair_batch_stmt  # SQLite: no LATERAL
+        ids: list[uuid.UUID] = list(conn.execute(batch(free, settings.tenant_max_running_jobs)).scalars())
         if ids:
             conn.execute(
                 update(Job)

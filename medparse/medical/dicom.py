@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 
 from medparse.imaging import ImageRejected
@@ -148,8 +148,15 @@ def decode(header: DicomHeader, frames: Sequence[int] | None = None) -> np.ndarr
             return np.stack([_to_values(header, raw[i], i) for i in picked])
     except ImageRejected:
         raise
-    except Exception as exc:  # decoders raise many types on damaged data
+    except BaseException as exc:  # decoders raise many types on damaged data
+        if not is_decoder_failure(exc):
+            raise
         raise corrupt(f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}") from exc
+
+
+def is_decoder_failure(exc: BaseException) -> bool:
+    """Any Exception, and the Rust decoders' (pylibjpeg-rle) pyo3 PanicException, a BaseException."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _to_values(header: DicomHeader, raw: np.ndarray, frame: int) -> np.ndarray:
@@ -193,16 +200,18 @@ def header_bytes(header: DicomHeader) -> bytes:
     """The dataset without its pixel data, as a DICOM file: what a SEG needs to reference its source."""
     ds = header.dataset
     copy = Dataset(ds)
-    copy.file_meta = ds.file_meta
+    copy.file_meta = FileMetaDataset(ds.file_meta)
+    copy.preamble = b"\x00" * 128
     for tag in _PIXEL_DATA_TAGS:
         if tag in copy:
             delattr(copy, tag)
     buffer = io.BytesIO()
     with quiet():
-        copy.save_as(buffer, enforce_file_format=False)
+        copy.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
 def read_header_bytes(blob: bytes) -> Dataset:
+    """Inverse of ``header_bytes`` (our own stored blob, read like any Part 10 file)."""
     with quiet():
-        return pydicom.dcmread(io.BytesIO(blob), force=True)
+        return pydicom.dcmread(io.BytesIO(blob), force=False)

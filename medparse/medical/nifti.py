@@ -178,8 +178,14 @@ def affine_of(image: AnyNifti) -> list[list[float]]:
     return [[float(v) for v in row] for row in (affine if affine is not None else np.eye(4))]
 
 
-def label_volume_bytes(labels: np.ndarray, header_blob: bytes | None, affine: list[list[float]] | None) -> bytes:
-    """A .nii.gz of ``labels`` with the input's header (shape, type and scaling adjusted) and affine."""
+def label_volume_bytes(
+    labels: np.ndarray, header_blob: bytes | None, affine: list[list[float]] | None, *,
+    description: str = "", comment: bytes = b"",
+) -> bytes:
+    """A .nii.gz of ``labels`` with the input's header (shape, type and scaling adjusted) and affine.
+
+    ``description`` goes into ``descrip`` (80 bytes), ``comment`` into a NIfTI comment extension.
+    """
     with quiet():
         header = _header_from_blob(header_blob)
         matrix = np.asarray(affine, np.float64) if affine is not None else None
@@ -190,6 +196,9 @@ def label_volume_bytes(labels: np.ndarray, header_blob: bytes | None, affine: li
         image.set_data_dtype(labels.dtype)
         image.header.set_slope_inter(1.0, 0.0)
         image.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+        image.header["descrip"] = description.encode("ascii", "replace")[:79]
+        if comment:
+            image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", comment))
         image.header["cal_min"], image.header["cal_max"] = 0, int(labels.max()) if labels.size else 0
         raw = image.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0)

@@ -43,6 +43,12 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("endpoint_calls", sa.Integer(), server_default="0", nullable=False))
     op.add_column("jobs", sa.Column("endpoint_seconds", sa.Float(), server_default="0", nullable=False))
     op.create_index("ix__jobs__tenant_status", "jobs", ["tenant_id", "status"])
+    # The dispatcher reads each tenant's next jobs off this index (workers/dispatcher.py).
+    op.create_index(
+        "ix__jobs__undispatched", "jobs", ["tenant_id", sa.text("priority DESC"), "created_at", "id"],
+        postgresql_where=sa.text("status = 'queued' AND dispatched_at IS NULL"),
+        sqlite_where=sa.text("status = 'queued' AND dispatched_at IS NULL"),
+    )
     op.create_table(
         "idempotency_keys",
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
@@ -104,6 +110,7 @@ def downgrade() -> None:
         op.execute(f"REVOKE USAGE ON SCHEMA public FROM {APP_ROLE}")
     op.drop_index("ix__idempotency_keys__created_at", table_name="idempotency_keys")
     op.drop_table("idempotency_keys")
+    op.drop_index("ix__jobs__undispatched", table_name="jobs")
     op.drop_index("ix__jobs__tenant_status", table_name="jobs")
     for column in ("endpoint_seconds", "endpoint_calls", "prompt_count", "priority"):
         op.drop_column("jobs", column)

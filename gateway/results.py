@@ -1,0 +1,285 @@
+"""``GET /v1/jobs/{job_id}/result?format=png|npz|rle|overlay|nifti|dicom-seg[&mask=i][&slice=k]``.
+
+One route for every output format of a succeeded job. ``mask`` picks one prompt's mask (default:
+all, or the first for ``png``); ``slice`` picks a volume's slice for ``png``/``overlay`` (default: the
+slice where the mask, or all masks, cover the most voxels). Every answer carries the job's
+provenance: in the body where the format has room (RLE JSON, NPZ member, PNG text chunk, NIfTI
+extension, SEG algorithm attributes) and as a compact ``Medparse-Provenance`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from db import jobs as repo
+from db import medical as medical_repo
+from db.status import JobStatus
+from gateway.auth import principal
+from gateway.keys import ENGINE, SETTINGS
+from gateway.medical import is_volume_row
+from gateway.problems import ApiProblem, field_error, not_found
+from gateway.tenancy import tenant_transaction
+from medparse import imaging, masks
+from medparse.medical import inputs, nifti, volumes
+from medparse.outputs import archive, overlay, rle
+from medparse.outputs.dicom_seg import SegUnavailable, dicom_seg_bytes
+from medparse.settings import Settings
+
+FORMATS = ("png", "npz", "rle", "overlay", "nifti", "dicom-seg")
+_PROVENANCE_HEADER_KEYS = ("model", "deployment", "endpoint_client_request_id", "software_version")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    row: dict[str, Any]
+    summaries: list[dict[str, Any]]
+    #: decoded 2-D masks (N, H, W), or None for a volume
+    image_masks: np.ndarray | None
+    volume: volumes.VolumeMasks | None
+    medical: dict[str, Any] | None
+    #: the upload, when the format needs it (None also when retention deleted it)
+    image: bytes | None
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.row.get("result_meta") or {})
+
+
+@dataclass(frozen=True)
+class Rendered:
+    body: bytes
+    content_type: str
+    filename: str
+    headers: dict[str, str]
+
+
+async def get_result(request: web.Request) -> web.Response:
+    who = principal(request, "jobs:read")
+    try:
+        job_id = uuid.UUID(request.match_info["job_id"])
+    except ValueError:
+        raise not_found() from None
+    fmt = request.query.get("format", "")
+    if fmt not in FORMATS:
+        raise field_error("format", f"one of {', '.join(FORMATS)}", status=400)
+    mask, slice_ = _int_param(request, "mask"), _int_param(request, "slice")
+    settings = request.app[SETTINGS]
+    loaded = await load_result(request.app[ENGINE], who.tenant_id, job_id, need_input=fmt == "overlay")
+    loop = asyncio.get_running_loop()
+    rendered = await loop.run_in_executor(None, render, loaded, fmt, mask, slice_, settings)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{rendered.filename}"',
+        "Medparse-Provenance": _provenance_header(loaded.provenance),
+        **rendered.headers,
+    }
+    return web.Response(body=rendered.body, content_type=rendered.content_type, headers=headers)
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise field_error(name, "must be a non-negative integer", status=400) from None
+    if value < 0:
+        raise field_error(name, "must be a non-negative integer", status=400)
+    return value
+
+
+def _provenance_header(provenance: dict[str, Any]) -> str:
+    compact = {k: provenance.get(k) for k in _PROVENANCE_HEADER_KEYS if provenance.get(k) is not None}
+    return orjson.dumps(compact).decode("ascii", "replace")
+
+
+async def load_result(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID, *, need_input: bool) -> Loaded:
+    async with tenant_transaction(engine, tenant_id) as conn:
+        row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
+        if row is None:
+            raise not_found()
+        if row["status"] != JobStatus.succeeded.value:
+            raise ApiProblem(409, "job_not_succeeded", f"the job is {row['status']}; results exist once it succeeded")
+        summaries = [dict(m) for m in (await conn.execute(repo.select_mask_summaries(job_id))).mappings()]
+        medical_row = (await conn.execute(medical_repo.select_medical(tenant_id, job_id))).mappings().first()
+        mask_rows = None
+        if not is_volume_row(row):
+            mask_rows = list((await conn.execute(repo.select_mask_data(job_id))).mappings())
+        image = (await conn.execute(repo.select_input(job_id))).scalar_one_or_none() if need_input else None
+    medical = dict(medical_row) if medical_row is not None else None
+    image_masks, volume = None, None
+    if mask_rows is not None:
+        image_masks = np.stack([masks.decode_mask(m["data"], m["height"], m["width"]) for m in mask_rows])
+    elif medical is not None and medical.get("data") is not None:
+        volume = _decode_volume(medical, len(summaries))
+    else:
+        raise ApiProblem(409, "result_unavailable", "the job's volume masks are missing")
+    return Loaded(dict(row), summaries, image_masks, volume, medical, image)
+
+
+def _decode_volume(medical: dict[str, Any], count: int) -> volumes.VolumeMasks:
+    shape, axis = list(medical["volume_shape"]), int(medical["slice_axis"])
+    height, width = (d for i, d in enumerate(shape) if i != axis)
+    return volumes.decode(medical["data"], count, shape[axis], height, width, axis)
+
+
+def render(loaded: Loaded, fmt: str, mask: int | None, slice_: int | None, settings: Settings) -> Rendered:
+    """The body of one format (CPU-bound: runs in a thread)."""
+    count = len(loaded.summaries)
+    if mask is not None and mask >= count:
+        raise ApiProblem(404, "mask_not_found", f"no mask {mask}; this job has {count}")
+    job_id = str(loaded.row["id"])
+    if fmt == "png":
+        return _png(loaded, mask or 0, slice_, job_id)
+    if fmt == "npz":
+        return _npz(loaded, mask, job_id)
+    if fmt == "rle":
+        return _rle(loaded, mask, job_id)
+    if fmt == "overlay":
+        return _overlay(loaded, mask, slice_, settings, job_id)
+    if fmt == "nifti":
+        return _nifti(loaded, mask, job_id)
+    return _dicom_seg(loaded, job_id)
+
+
+def _pick(items: Sequence[Any], mask: int | None) -> list[int]:
+    return list(range(len(items))) if mask is None else [mask]
+
+
+def _slice(volume: volumes.VolumeMasks, chosen: list[int], slice_: int | None) -> int:
+    slices = volume.masks.shape[1]
+    if slice_ is not None:
+        if slice_ >= slices:
+            raise field_error("slice", f"this volume has {slices} slices along axis {volume.slice_axis}", status=400)
+        return slice_
+    areas = volume.masks[chosen].reshape(len(chosen), slices, -1).sum(axis=(0, 2))
+    return int(np.argmax(areas))
+
+
+def _png(loaded: Loaded, index: int, slice_: int | None, job_id: str) -> Rendered:
+    if loaded.image_masks is not None:
+        return Rendered(masks.mask_png(loaded.image_masks[index]), "image/png", f"{job_id}-mask{index}.png", {})
+    assert loaded.volume is not None
+    k = _slice(loaded.volume, [index], slice_)
+    return Rendered(
+        masks.mask_png(loaded.volume.masks[index, k]), "image/png", f"{job_id}-mask{index}-slice{k}.png",
+        {"Medparse-Slice": str(k)},
+    )
+
+
+def _npz(loaded: Loaded, mask: int | None, job_id: str) -> Rendered:
+    arrays: dict[str, np.ndarray] = {}
+    if loaded.image_masks is not None:
+        arrays["masks"] = loaded.image_masks[_pick(loaded.summaries, mask)]
+    else:
+        assert loaded.volume is not None
+        arrays["masks"] = loaded.volume.in_input_order()[_pick(loaded.summaries, mask)]
+        if loaded.medical and loaded.medical.get("affine") is not None:
+            arrays["affine"] = np.asarray(loaded.medical["affine"], np.float64)
+    body = archive.npz_bytes(arrays, loaded.provenance)
+    return Rendered(body, "application/octet-stream", f"{job_id}-masks.npz", {})
+
+
+def _entries(loaded: Loaded, chosen: list[int]) -> list[dict[str, Any]]:
+    return [
+        {"index": loaded.summaries[i]["index"], "prompt": loaded.summaries[i]["prompt"],
+         "label": loaded.summaries[i]["label"]}
+        for i in chosen
+    ]
+
+
+def _rle(loaded: Loaded, mask: int | None, job_id: str) -> Rendered:
+    chosen = _pick(loaded.summaries, mask)
+    if loaded.image_masks is not None:
+        document = rle.image_document(loaded.image_masks[chosen], _entries(loaded, chosen), loaded.provenance)
+    else:
+        assert loaded.volume is not None
+        document = rle.volume_document(
+            loaded.volume.masks[chosen], loaded.volume.slice_axis, list(loaded.volume.shape),
+            _entries(loaded, chosen), loaded.provenance,
+        )
+    return Rendered(orjson.dumps(document), "application/json", f"{job_id}-rle.json", {})
+
+
+def _overlay(loaded: Loaded, mask: int | None, slice_: int | None, settings: Settings, job_id: str) -> Rendered:
+    if loaded.image is None:
+        raise ApiProblem(410, "input_deleted", "the job's input was deleted (retention); the overlay needs it")
+    chosen = _pick(loaded.summaries, mask)
+    options = loaded.row.get("options") or {}
+    headers: dict[str, str] = {}
+    if loaded.image_masks is not None:
+        pixels = imaging.load_pixels(loaded.image, max_pixels=settings.max_image_pixels, options=options)
+        shown = loaded.image_masks[chosen]
+        name = f"{job_id}-overlay.png"
+    else:
+        assert loaded.volume is not None
+        k = _slice(loaded.volume, chosen, slice_)
+        stack = inputs.open_volume(loaded.image, options, inputs.Limits.from_settings(settings))
+        pixels, shown = stack.slice_uint8(k), loaded.volume.masks[chosen, k]
+        headers["Medparse-Slice"] = str(k)
+        name = f"{job_id}-overlay-slice{k}.png"
+    legend = [(loaded.summaries[i]["prompt"], loaded.summaries[i]["label"]) for i in chosen]
+    body = overlay.overlay_png(pixels, shown, legend, overlay.provenance_text(loaded.provenance))
+    return Rendered(body, "image/png", name, headers)
+
+
+def _nifti(loaded: Loaded, mask: int | None, job_id: str) -> Rendered:
+    medical = loaded.medical or {}
+    if loaded.volume is None or medical.get("source_kind") != "nifti":
+        raise ApiProblem(409, "format_not_available", "nifti output exists for NIfTI inputs; use png, npz or rle")
+    if mask is None:
+        labels = loaded.volume.label_volume()
+    else:
+        labels = loaded.volume.in_input_order(mask).astype(np.uint8)
+    provenance = loaded.provenance
+    body = nifti.label_volume_bytes(
+        labels, medical.get("source_header"), medical.get("affine"),
+        description=f"medparse labels {provenance.get('model', '')} {provenance.get('software_version', '')}",
+        comment=json.dumps({"labels": _entries(loaded, _pick(loaded.summaries, mask)), "provenance": provenance},
+                           default=str).encode(),
+    )
+    return Rendered(body, "application/gzip", f"{job_id}-labels.nii.gz", {})
+
+
+def _dicom_seg(loaded: Loaded, job_id: str) -> Rendered:
+    medical = loaded.medical or {}
+    if medical.get("source_kind") != "dicom" or not medical.get("source_header"):
+        raise ApiProblem(409, "format_not_available", "dicom-seg output exists for DICOM inputs; use png, npz or rle")
+    header = medical["source_header"]
+    if loaded.volume is not None:
+        stack = loaded.volume.masks  # (N, F, R, C): the frames are the slices
+    else:
+        assert loaded.image_masks is not None
+        stack = _frames_of(header, loaded.image_masks, loaded.row.get("options") or {})
+    prompts = [s["prompt"] for s in loaded.summaries]
+    provenance = loaded.provenance
+    try:
+        body = dicom_seg_bytes(
+            header, stack, prompts, job_id=job_id, model=str(provenance.get("model", "medimageparse")),
+            provenance=provenance,
+        )
+    except SegUnavailable as exc:
+        raise ApiProblem(409, "format_not_available", f"a DICOM SEG cannot be made for this source: {exc}") from None
+    return Rendered(body, "application/dicom", f"{job_id}-seg.dcm", {})
+
+
+def _frames_of(header: bytes, image_masks: np.ndarray, options: dict[str, Any]) -> np.ndarray:
+    """A 2-D job on frame f of a multi-frame source: its masks placed on frame f, the others empty."""
+    from medparse.medical.dicom import read_header_bytes
+
+    frames = int(read_header_bytes(header).get("NumberOfFrames") or 1)
+    if frames == 1:
+        return image_masks
+    stack = np.zeros((image_masks.shape[0], frames, *image_masks.shape[1:]), np.uint8)
+    stack[:, int(options.get("frame") or 0)] = image_masks
+    return stack
