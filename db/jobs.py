@@ -165,7 +165,7 @@ def claim_stmt(job_id: uuid.UUID, *, now: datetime, lease_until: datetime) -> Up
         started_at=now,
         lease_expires_at=lease_until,
         attempts=Job.attempts + 1,
-    ).returning(Job.attempts)
+    ).returning(Job.attempts, Job.prompts, Job.options)
 
 
 def extend_lease_stmt(job_id: uuid.UUID, attempt: int, *, lease_until: datetime) -> Update:

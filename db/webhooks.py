@@ -173,6 +173,10 @@ def select_job_with_webhook(job_id: uuid.UUID) -> Select[Any]:
             JobWebhook.url.label("webhook_url"),
             JobWebhook.event_types.label("webhook_events"),
             JobWebhook.disabled_at.label("webhook_disabled_at"),
+            select(WebhookEndpoint.id)
+            .where(WebhookEndpoint.tenant_id == Job.tenant_id, WebhookEndpoint.disabled_at.is_(None))
+            .exists()
+            .label("tenant_has_endpoints"),
         )
         .outerjoin(JobWebhook, JobWebhook.job_id == Job.id)
         .where(Job.id == job_id)

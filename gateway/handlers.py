@@ -48,11 +48,15 @@ def job_id_from(request: web.Request) -> uuid.UUID:
         raise not_found() from None
 
 
-async def _maybe_wait(request: web.Request, job: JobPublic, tenant_id: uuid.UUID) -> tuple[JobPublic, dict[str, str]]:
+async def _maybe_wait(
+    request: web.Request, job: JobPublic, tenant_id: uuid.UUID, *, fresh: bool = False
+) -> tuple[JobPublic, dict[str, str]]:
     wait = requested_wait(request, request.app[SETTINGS])
     if wait is None or is_terminal(job.status):
         return job, {}
-    job = await services.wait_for_job(request.app[ENGINE], request.app[EVENTS], tenant_id, job.id, wait)
+    job = await services.wait_for_job(
+        request.app[ENGINE], request.app[EVENTS], tenant_id, job.id, wait, known=job if fresh else None
+    )
     return job, {"Preference-Applied": f"wait={wait:g}"}
 
 
@@ -66,7 +70,7 @@ async def create_job(request: web.Request) -> web.Response:
     if submitted.replay is not None:
         return submitted.replay.to_response()
     assert submitted.job is not None
-    job, headers = await _maybe_wait(request, submitted.job, who.tenant_id)
+    job, headers = await _maybe_wait(request, submitted.job, who.tenant_id, fresh=True)
     return json_response(job, status=202, headers={"Location": job.urls.get, **headers})
 
 

@@ -233,12 +233,17 @@ async def wait_for_job(
     tenant_id: uuid.UUID,
     job_id: uuid.UUID,
     seconds: float,
+    known: JobPublic | None = None,
 ) -> JobPublic:
-    """The job once it is terminal, or as it is after ``seconds``."""
+    """The job once it is terminal, or as it is after ``seconds``.
+
+    ``known``: the job as the caller has just written it, with no await since (so no notification
+    can have been missed; the dispatchers were only nudged): the first read is skipped.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     with events.subscribe(str(job_id)) as changed:
-        job = await get_job(engine, tenant_id, job_id)
+        job = known if known is not None else await get_job(engine, tenant_id, job_id)
         while not is_terminal(job.status):
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     max_volume_voxels: int = 50_000_000
     #: Size of the uncompressed NIfTI file (all frames); a .nii.gz is never inflated beyond it.
     max_volume_bytes: int = 512 * 1024 * 1024
-    #: Slices (or DICOM frames) one volume job may segment with the 2-D model: each is a model call row.
-    max_volume_slices: int = 1024
+    #: Slices (or DICOM frames) one volume job may segment with the 2-D model: each is a model call row,
+    #: and all of them must fit the task time limit (256 / 4 per request = 64 calls of a few seconds).
+    max_volume_slices: int = 256
     #: Slices per endpoint request in a volume job (input_data.data rows); the docs advise few rows
     #: ("in the dozens" at most) because every row carries a 1024x1024 PNG and N 1024x1024 masks.
     volume_rows_per_request: int = 4

@@ -42,16 +42,16 @@ def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
     """queued -> running; None when the job is not (or no longer) queued."""
     now = utcnow()
     with engine.begin() as conn:
-        attempt = conn.execute(
+        # The compare-and-set returns what the job needs: no second read of the jobs row.
+        row = conn.execute(
             repo.claim_stmt(job_id, now=now, lease_until=now + timedelta(seconds=lease_s))
-        ).scalar_one_or_none()
-        if attempt is None:
+        ).first()
+        if row is None:
             return None
         record_transition(conn, job_id, JobStatus.running)  # webhook outbox, same transaction
-        row = conn.execute(repo.select_job_any_tenant(job_id)).mappings().one()
         image = conn.execute(repo.select_input(job_id)).scalar_one()
     return Claim(
-        job_id=job_id, attempt=attempt, prompts=list(row["prompts"]), image=image, options=dict(row["options"] or {})
+        job_id=job_id, attempt=row.attempts, prompts=list(row.prompts), image=image, options=dict(row.options or {})
     )
 
 
@@ -80,7 +80,8 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation, *, delete_input
     try:
         with engine.begin() as conn:
             repo.transition_sync(conn, stmt)
-            conn.execute(repo.delete_masks_stmt(claimed.job_id))
+            # No DELETE first: masks are only written here, in the transaction that makes the job
+            # succeeded (terminal), so a running attempt never finds any.
             conn.execute(repo.insert_masks_stmt(rows))
             if result.medical is not None:  # DICOM/NIfTI source header, a volume's masks (db/medical.py)
                 conn.execute(medical_repo.delete_medical_stmt(claimed.job_id))

@@ -32,7 +32,8 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
         # Redelivery of a job that is running elsewhere, finished, canceled or deleted: no-op.
         log.info("job %s not claimable; skipping duplicate delivery", job_id)
         return "skipped"
-    ctx.notifier.job_changed(job_id_text)
+    # No notification for running: Prefer: wait only returns on a terminal state, and a wake here
+    # costs every waiter a tenant-scoped re-read while this worker competes for the same CPUs.
     outcome = "failed"
     started = time.monotonic()
     with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):

@@ -78,9 +78,8 @@ class Progress:
     def report(self, done: int) -> bool:
         stmt = medical_repo.progress_stmt(self._claimed.job_id, self._claimed.attempt, done=done, total=self.total)
         with self._ctx.engine.begin() as conn:
-            owned = conn.execute(stmt).rowcount == 1
-        self._ctx.notifier.job_changed(str(self._claimed.job_id))
-        return owned
+            # No job-changed notification: Prefer: wait returns on terminal states only; a poll sees progress.
+            return bool(conn.execute(stmt).rowcount == 1)
 
 
 def _request_id(job_id: str, attempt: int, number: int) -> str:

@@ -39,6 +39,8 @@ def _targets(conn: Connection, job: Any, event: EventType) -> list[tuple[str, uu
     targets: list[tuple[str, uuid.UUID | None]] = []
     if job["webhook_url"] is not None and job["webhook_disabled_at"] is None and event in job["webhook_events"]:
         targets.append((repo.JOB_TARGET, None))
+    if not job["tenant_has_endpoints"]:  # the usual case: no second query per status change
+        return targets
     for endpoint_id, event_types in conn.execute(repo.enabled_endpoints_for_tenant(job["tenant_id"])):
         if event_types is None or event in event_types:
             targets.append((str(endpoint_id), endpoint_id))

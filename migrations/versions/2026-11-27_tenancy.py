@@ -26,6 +26,7 @@ APP_ROLE = "medparse_app"
 #: Tables holding one tenant's data. job_inputs and job_masks follow their job's visibility.
 TENANT_TABLES = ("jobs", "idempotency_keys")
 JOB_CHILD_TABLES = ("job_inputs", "job_masks")
+BLOB_COLUMNS = ("job_inputs", "job_masks")
 TENANT_MATCH = (
     "(tenant_id = NULLIF(current_setting('medparse.tenant_id', true), '')::uuid "
     "OR current_setting('medparse.scope', true) = 'system')"
@@ -72,6 +73,10 @@ def upgrade() -> None:
     op.create_index("ix__idempotency_keys__created_at", "idempotency_keys", ["created_at"])
     if op.get_bind().dialect.name == "postgresql":
         _enable_row_level_security()
+        # Image and mask bytes are PNG / zlib already: pglz trying to compress an incompressible
+        # 150 KB upload costs ~2 ms of every submit INSERT (0.8 ms without). Store them as they are.
+        for table in BLOB_COLUMNS:
+            op.execute(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTERNAL")
 
 
 def _enable_row_level_security() -> None:
@@ -99,6 +104,8 @@ def _enable_row_level_security() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        for table in BLOB_COLUMNS:
+            op.execute(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTENDED")
         for table in (*TENANT_TABLES, *JOB_CHILD_TABLES):
             op.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")
             op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")

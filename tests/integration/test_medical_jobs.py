@@ -22,6 +22,7 @@ import pydicom
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
+from sqlalchemy import text
 
 from emulator.config import EmulatorConfig
 from gateway.app import create_app
@@ -354,3 +355,9 @@ async def test_another_tenants_result_is_404_and_unknown_formats_are_400(
     assert resp.status == 404
     resp = await api.get(f"{job['urls']['get']}/result?format=png&mask=5", headers=auth(key))
     assert resp.status == 404 and (await resp.json())["code"] == "mask_not_found"
+    with ctx.engine.begin() as conn:  # job_medical is under the same row-level security as job_masks
+        flags = conn.execute(text(
+            "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = 'job_medical'"
+        )).one()
+        policy = conn.execute(text("SELECT qual FROM pg_policies WHERE tablename = 'job_medical'")).scalar_one()
+    assert tuple(flags) == (True, True) and "jobs" in policy
