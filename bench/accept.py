@@ -1,30 +1,35 @@
 """Gateway accept path under load: the real gateway beside a minimal aiohttp baseline.
 
-Run with ``.venv/bin/python bench/accept.py`` (about 80 s with the defaults; ``--help`` for knobs).
+Run with ``.venv/bin/python bench/accept.py`` (40-75 s with the defaults; ``--help`` for knobs).
 
 What it does, all on 127.0.0.1:
-- creates a throwaway database ``medparse_bench_<random>`` (dropped at the end, also on failure),
-  migrates it, creates a tenant and an API key, and picks a random Redis namespace whose keys are
-  deleted at the end;
-- starts the real gateway (``python -m medparse.cli serve``) as a subprocess, no worker;
+- creates a throwaway database ``medparse_bench_<random>`` (dropped at the end, also on failure or
+  SIGTERM), migrates it, creates ``--tenants`` tenants with an API key each, and uses a random Redis
+  namespace whose keys are deleted at the end;
+- starts the real gateway (``python -m medparse.cli serve``, or ``--gateway-cmd``) as a subprocess,
+  no worker, with the per-tenant rate and queue limits lifted (capacity, not policy, is measured;
+  ``--default-quotas`` keeps them and counts the 429s as non-202);
 - loads ``POST /v1/jobs`` (multipart: a ~40 kB grayscale PNG + ``prompts=liver & kidney``) from a
   separate load-generator process: (a) closed loop with ``--connections`` keep-alive connections for
-  the maximum rate, (b) an open-loop paced ``--rate`` (latency counted from the *scheduled* send time,
-  so queueing in the generator is not hidden);
+  the maximum rate, (b) if that maximum reaches it, an open-loop paced ``--rate`` (latency counted
+  from the *scheduled* send time, so queueing in the generator is not hidden);
 - does the same against a baseline: a raw aiohttp server (a subprocess of this file) that reads the
   same multipart body, does one asyncpg INSERT (with the image bytes) and one redis.asyncio LPUSH,
   and answers 202 JSON;
-- checks that the rows in Postgres equal the 202s the generator counted, and prints a table with
-  PASS/FAIL against the targets (>= 1,000 jobs/s; p99 <= 50 ms at 1,000 jobs/s; gateway/baseline >= 0.5).
+- checks that the rows in Postgres match the 202s the generator counted, and prints a table with
+  PASS/FAIL against the targets (>= 1,000 jobs/s; p99 <= 50 ms at 1,000 jobs/s; gateway/baseline >= 0.5),
+  plus the cores each party used and the server's CPU per accepted job.
 
-The load generator is a minimal HTTP/1.1 client on asyncio protocols with a pre-built request, so it
-costs far less CPU per request than an aiohttp client would (this box has only 2 cores, shared by
-the generator, the server under test, PostgreSQL and Redis). ``wrk`` is used for the max-throughput
-phases if it is on PATH (and ``--no-wrk`` is not given); the paced phases always use the Python
-generator.
+The load generator is a minimal HTTP/1.1 client on asyncio protocols with a pre-built request: it
+costs ~50 us of CPU per request, a fraction of an aiohttp client (this box has 2 cores, shared by the
+generator, the server under test, PostgreSQL and Redis). ``wrk`` is used for the max-throughput phases
+if it is on PATH (and ``--no-wrk`` is not given); the paced phases always use the Python generator.
+
+The box is shared: the script prints how busy it was before starting and the "other" cores during
+each phase. Server CPU per job is the figure that moves least with that noise.
 
 ``--profile`` adds one more max-load phase on the gateway with ``py-spy record`` attached (py-spy
-must be installed) and prints the top functions by own and inclusive samples.
+must be installed; ``--profile-gil`` samples only the GIL holder) and prints the top functions.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, Update, and_, delete, func, insert, or_, select, update
+from sqlalchemy import LargeBinary, Select, Table, Update, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -46,28 +46,43 @@ class NewJob:
     input_meta: dict[str, Any] | None = None
 
 
+_NEW_JOB_COLUMNS = (
+    "id", "tenant_id", "status", "prompts", "options", "input_format", "input_width", "input_height",
+    "input_bytes", "created_at", "updated_at", "dispatched_at", "attempts", "priority", "prompt_count",
+    "input_meta",
+)
+_jobs_table = cast(Table, Job.__table__)
+_inputs_table = cast(Table, JobInput.__table__)
+#: The two rows of a new job as Core statements built once: SQLAlchemy then neither rebuilds an
+#: insert nor recomputes its cache key per job (~0.2-0.3 ms of CPU per submission). Two
+#: statements, not one CTE: job_inputs' row-level security policy must see the jobs row.
+INSERT_JOB = insert(_jobs_table).values(
+    {name: bindparam(name, type_=_jobs_table.c[name].type) for name in _NEW_JOB_COLUMNS}
+)
+INSERT_JOB_INPUT = insert(_inputs_table).values(
+    job_id=bindparam("job_id", type_=_inputs_table.c.job_id.type), data=bindparam("data", type_=LargeBinary)
+)
+
+
+def insert_job_params(job: NewJob) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Parameters of ``INSERT_JOB`` and ``INSERT_JOB_INPUT``.
+
+    dispatched_at stays NULL: the workers' fair dispatcher publishes the job when its turn comes.
+    """
+    job_row = {
+        "id": job.id, "tenant_id": job.tenant_id, "status": JobStatus.queued.value, "prompts": job.prompts,
+        "options": job.options, "input_format": job.input_format, "input_width": job.input_width,
+        "input_height": job.input_height, "input_bytes": len(job.image), "created_at": job.now,
+        "updated_at": job.now, "dispatched_at": None, "attempts": 0, "priority": job.priority,
+        "prompt_count": len(job.prompts), "input_meta": job.input_meta,
+    }
+    return job_row, {"job_id": job.id, "data": job.image}
+
+
 def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
-    # dispatched_at stays NULL: the workers' fair dispatcher publishes the job when its turn comes.
-    job_row = insert(Job).values(
-        id=job.id,
-        tenant_id=job.tenant_id,
-        status=JobStatus.queued.value,
-        prompts=job.prompts,
-        options=job.options,
-        input_format=job.input_format,
-        input_width=job.input_width,
-        input_height=job.input_height,
-        input_bytes=len(job.image),
-        created_at=job.now,
-        updated_at=job.now,
-        dispatched_at=None,
-        attempts=0,
-        priority=job.priority,
-        prompt_count=len(job.prompts),
-        input_meta=job.input_meta,
-    )
-    input_row = insert(JobInput).values(job_id=job.id, data=job.image)
-    return job_row, input_row
+    """The same two rows as executable statements (for callers without a parameter dict)."""
+    job_row, input_row = insert_job_params(job)
+    return INSERT_JOB.values(job_row), INSERT_JOB_INPUT.values(input_row)
 
 
 def select_job(tenant_id: uuid.UUID, job_id: uuid.UUID) -> Select[Any]:

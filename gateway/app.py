@@ -8,12 +8,14 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from db.engine import make_async_engine
+from gateway.auth import AuthCache
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
-from gateway.keys import ENGINE, EVENTS, NUDGER, RATE_LIMITER, SETTINGS
+from gateway.keys import AUTH_CACHE, ENGINE, EVENTS, NUDGER, QUEUED_GAUGE, RATE_LIMITER, SETTINGS
 from gateway.middleware import auth_middleware, problems_middleware
 from gateway.ratelimit import RateLimiter
 from gateway.routes import setup_routes
+from gateway.tenancy import QueuedJobsGauge
 from medparse.settings import Settings, masked_url
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[problems_middleware, auth_middleware],
     )
     app[SETTINGS] = settings
+    app[AUTH_CACHE] = AuthCache(settings.auth_cache_ttl_s)
+    app[QUEUED_GAUGE] = QueuedJobsGauge()
     app.cleanup_ctx.extend([_database, _nudger, _rate_limiter, _events])
     setup_routes(app)
     return app

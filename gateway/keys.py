@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.auth import AuthCache
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
 from gateway.ratelimit import RateLimiter
+from gateway.tenancy import QueuedJobsGauge
 from medparse.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -15,3 +17,5 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 NUDGER = web.AppKey("nudger", DispatchNudger)
 EVENTS = web.AppKey("events", JobEventListener)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+AUTH_CACHE = web.AppKey("auth_cache", AuthCache)
+QUEUED_GAUGE = web.AppKey("queued_gauge", QueuedJobsGauge)

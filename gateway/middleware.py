@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.auth import PRINCIPAL, authenticate
-from gateway.keys import ENGINE, RATE_LIMITER, SETTINGS
+from gateway.keys import AUTH_CACHE, ENGINE, RATE_LIMITER, SETTINGS
 from gateway.problems import ApiProblem, problem_response
 from gateway.ratelimit import retry_after_header
 
@@ -59,7 +59,9 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is calling (401 otherwise), and within their tenant's request rate (429 otherwise)."""
     if request.path.startswith("/v1/"):
-        who = await authenticate(request.app[ENGINE], request.app[SETTINGS], request.headers.get("Authorization"))
+        who = await authenticate(
+            request.app[ENGINE], request.app[SETTINGS], request.headers.get("Authorization"), request.app[AUTH_CACHE]
+        )
         decision = await request.app[RATE_LIMITER].take(
             who.tenant_id, who.quotas.rate_limit_rps, who.quotas.rate_limit_burst
         )

@@ -24,7 +24,7 @@ from gateway.events import JobEventListener
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.schemas import JobPublic
 from gateway.submission import JobSubmission
-from gateway.tenancy import tenant_transaction
+from gateway.tenancy import QueuedJobsGauge, tenant_transaction
 from gateway.webhook_services import attach_job_webhook
 from medparse import imaging, masks
 from medparse.medical.errors import OptionRejected
@@ -129,6 +129,7 @@ async def submit_job(
     who: Principal,
     submission: JobSubmission,
     idempotency_key: str | None = None,
+    gauge: QueuedJobsGauge | None = None,
 ) -> Submitted:
     """Validate the image, then commit the job and its bytes in one transaction and nudge dispatch."""
     if len(submission.image) > who.quotas.max_image_bytes:
@@ -146,7 +147,7 @@ async def submit_job(
             return Submitted(job=None, replay=outcome)
         reservation = outcome
     try:
-        job = await _insert_job(engine, settings, who, submission, reservation)
+        job = await _insert_job(engine, settings, who, submission, reservation, gauge)
     except BaseException:
         if reservation is not None:
             await idempotency.release(engine, reservation)
@@ -161,6 +162,7 @@ async def _insert_job(
     who: Principal,
     submission: JobSubmission,
     reservation: idempotency.Reservation | None,
+    gauge: QueuedJobsGauge | None = None,
 ) -> JobPublic:
     options = submission.options.model_dump(mode="json", exclude_none=True)
     info = await probe_upload(submission.image, settings, options)
@@ -178,10 +180,14 @@ async def _insert_job(
         input_meta=info.details,
     )
     job = to_public(_new_job_row(new, info, len(submission.image)), None)
-    job_stmt, input_stmt = repo.insert_job_statements(new)
     async with tenant_transaction(engine, who.tenant_id) as conn:
-        queued = (await conn.execute(repo.count_queued_stmt(who.tenant_id))).scalar_one()
-        if queued >= who.quotas.max_queued_jobs:
+        quota = who.quotas.max_queued_jobs
+        queued = gauge.estimate(who.tenant_id, quota) if gauge is not None else None
+        if queued is None:
+            queued = (await conn.execute(repo.count_queued_stmt(who.tenant_id))).scalar_one()
+            if gauge is not None:
+                gauge.counted(who.tenant_id, queued)
+        if queued >= quota:
             # Checked before the insert: concurrent submissions may overshoot by their number.
             raise ApiProblem(
                 429, "queued_jobs_quota_exceeded",
@@ -189,12 +195,15 @@ async def _insert_job(
                 "retry when some have started",
                 headers={"Retry-After": "30"},
             )
-        await conn.execute(job_stmt)
-        await conn.execute(input_stmt)
+        job_params, input_params = repo.insert_job_params(new)
+        await conn.execute(repo.INSERT_JOB, job_params)
+        await conn.execute(repo.INSERT_JOB_INPUT, input_params)
         await attach_job_webhook(conn, who.tenant_id, new.id, submission.webhook)  # gateway/webhook_services.py
         if reservation is not None:
             # Stored in the job's own transaction: a retry after a crash finds the job, never a second one.
             await idempotency.complete_in(conn, reservation, job_created_response(job), job_id=new.id)
+    if gauge is not None:
+        gauge.added(who.tenant_id)
     return job
 
 

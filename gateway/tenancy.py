@@ -7,13 +7,14 @@ the transaction only (``set_config(..., true)``), so a pooled connection never l
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from medparse.settings import Settings
@@ -47,9 +48,42 @@ def _pick(override: int | None, default: int) -> int:
     return default if override is None else int(override)
 
 
+class QueuedJobsGauge:
+    """Each tenant's count of queued jobs, counted in Postgres at most every ``max_age_s``.
+
+    ``count(*)`` of a tenant's queued jobs walks every one of them, so on the submit path it costs
+    a round trip and grows with the backlog. Far from the quota an estimate (the last count plus the
+    submissions since) is enough; from ``exact_above`` of the quota on, every submission counts.
+    """
+
+    def __init__(self, max_age_s: float = 1.0, exact_above: float = 0.9) -> None:
+        self._max_age_s = max_age_s
+        self._exact_above = exact_above
+        self._counts: dict[uuid.UUID, tuple[int, float]] = {}
+
+    def estimate(self, tenant_id: uuid.UUID, quota: int) -> int | None:
+        """A count good enough for ``quota``, or None: count now."""
+        entry = self._counts.get(tenant_id)
+        if entry is None or time.monotonic() - entry[1] > self._max_age_s or entry[0] >= quota * self._exact_above:
+            return None
+        return entry[0]
+
+    def counted(self, tenant_id: uuid.UUID, queued: int) -> None:
+        self._counts[tenant_id] = (queued, time.monotonic())
+
+    def added(self, tenant_id: uuid.UUID) -> None:
+        entry = self._counts.get(tenant_id)
+        if entry is not None:
+            self._counts[tenant_id] = (entry[0] + 1, entry[1])
+
+
+#: Built once: constructing the select per transaction cost more CPU than running it.
+_SET_TENANT = select(func.set_config("medparse.tenant_id", bindparam("tenant_id"), True))
+
+
 async def scope_to_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
     if conn.dialect.name == "postgresql":
-        await conn.execute(select(func.set_config("medparse.tenant_id", str(tenant_id), True)))
+        await conn.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
 
 
 @asynccontextmanager

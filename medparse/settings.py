@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     #: Finished jobs (and everything of theirs) are purged this many days after they ended.
     retention_days: float = 30.0
 
+    #: A verified API key (with its tenant's quotas) is trusted this long without a database
+    #: lookup; also the longest a revocation or quota change takes to bite. 0 (default) disables
+    #: the cache: revocation is immediate (tests/integration/test_tenancy_api.py).
+    auth_cache_ttl_s: float = 0.0
+
     # --- tenants: defaults that a tenant's own row may override ---------------------------------
     #: Token bucket per tenant: sustained requests per second and the burst it may save up.
     tenant_rate_limit_rps: float = 100.0

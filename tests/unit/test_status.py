@@ -29,3 +29,13 @@ def test_an_expired_running_job_may_go_back_to_queued() -> None:
 
 def test_every_status_has_a_row_in_the_table() -> None:
     assert set(TRANSITIONS) == set(JobStatus)
+
+
+def test_the_prebuilt_job_insert_covers_every_parameter_of_a_new_job() -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from db.jobs import _NEW_JOB_COLUMNS, NewJob, insert_job_params
+
+    job = NewJob(uuid.uuid4(), uuid.uuid4(), ["liver"], {}, "png", 1, 1, b"x", datetime.now(UTC))
+    assert set(insert_job_params(job)[0]) == set(_NEW_JOB_COLUMNS)
