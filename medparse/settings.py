@@ -7,6 +7,7 @@ entry point (CLI, Celery app factory, Alembic env) and hand the object down.
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from pathlib import Path
 
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     #: max_concurrent_requests_per_instance x instance_count of the deployment: our global in-flight cap.
     endpoint_max_concurrent_per_instance: int = 8
     endpoint_instance_count: int = 1
+    #: Requests kept open beyond max_concurrent x instances, as a fraction of it (rounded up), so the
+    #: deployment has the next request queued when one finishes; otherwise every slot idles for our
+    #: round trip (response transfer, release, wake-up, next upload). Azure ML answers 429 only above
+    #: 2 x max_concurrent x instances pending, and the cap always stays below that.
+    endpoint_in_flight_headroom: float = Field(default=0.25, ge=0.0, le=1.0)
     #: How long a crashed worker's in-flight slot stays taken; live holders renew theirs.
     endpoint_in_flight_lease_s: float = 30.0
     #: Rows (images of different jobs) per endpoint request. The docs advise few rows for 1024²
@@ -149,8 +155,10 @@ class Settings(BaseSettings):
     tenant_rate_limit_burst: float = 200.0
     #: Jobs a tenant may have waiting; more submissions get 429 until some start.
     tenant_max_queued_jobs: int = 10_000
-    #: Jobs of one tenant dispatched or running at once, so one tenant cannot take every worker.
-    tenant_max_running_jobs: int = 16
+    #: Jobs of one tenant dispatched or running at once, so one tenant cannot take every worker. It
+    #: must exceed the in-flight cap x (job wall time / model latency), ~2-3x, or a lone tenant's
+    #: backlog cannot keep the endpoint busy.
+    tenant_max_running_jobs: int = 32
     #: Largest image a tenant may upload (unset: max_body_bytes).
     tenant_max_image_bytes: int | None = None
     #: How long an ``Idempotency-Key`` and its first response are kept.
@@ -209,7 +217,9 @@ class Settings(BaseSettings):
 
     @property
     def endpoint_max_in_flight(self) -> int:
-        return self.endpoint_max_concurrent_per_instance * self.endpoint_instance_count
+        capacity = self.endpoint_max_concurrent_per_instance * self.endpoint_instance_count
+        extra = math.ceil(capacity * self.endpoint_in_flight_headroom)
+        return max(capacity, min(capacity + extra, 2 * capacity - 1))
 
 
 def to_async_url(url: str) -> str:

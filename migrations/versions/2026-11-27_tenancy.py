@@ -24,8 +24,12 @@ depends_on: str | Sequence[str] | None = None
 TS = sa.DateTime(timezone=True)
 APP_ROLE = "medparse_app"
 #: Tables holding one tenant's data. job_inputs and job_masks follow their job's visibility.
-TENANT_TABLES = ("jobs", "idempotency_keys")
-JOB_CHILD_TABLES = ("job_inputs", "job_masks")
+TENANT_TABLES = ("jobs", "idempotency_keys", "webhook_endpoints", "webhook_tenant_secrets", "webhook_deliveries")
+JOB_CHILD_TABLES = ("job_inputs", "job_masks", "job_webhooks")
+#: child table -> the visibility of its parent row (itself filtered by the parent's policy)
+OTHER_CHILD_TABLES = {
+    "webhook_attempts": "(EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = delivery_id))",
+}
 BLOB_COLUMNS = ("job_inputs", "job_masks")
 TENANT_MATCH = (
     "(tenant_id = NULLIF(current_setting('medparse.tenant_id', true), '')::uuid "
@@ -100,13 +104,17 @@ def _enable_row_level_security() -> None:
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
         op.execute(f"CREATE POLICY tenant_isolation ON {table} USING {visible} WITH CHECK {visible}")
+    for table, visible in OTHER_CHILD_TABLES.items():
+        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
+        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        op.execute(f"CREATE POLICY tenant_isolation ON {table} USING {visible} WITH CHECK {visible}")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table in BLOB_COLUMNS:
             op.execute(f"ALTER TABLE {table} ALTER COLUMN data SET STORAGE EXTENDED")
-        for table in (*TENANT_TABLES, *JOB_CHILD_TABLES):
+        for table in (*TENANT_TABLES, *JOB_CHILD_TABLES, *OTHER_CHILD_TABLES):
             op.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")
             op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")

@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from sqlalchemy import func, select
 
 from db.engine import make_sync_engine
-from db.models import Job, JobMask
+from db.models import Job, JobMask, WebhookDelivery
 from medparse.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.factories import organ_image
+from tests.support.webhook_receiver import Receiver
 from workers.pipeline import call_id
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -44,6 +46,9 @@ FAST_RECOVERY = {
     "MEDPARSE_JOB_MAX_ATTEMPTS": "6",
     "MEDPARSE_TENANT_RATE_LIMIT_RPS": "2000",
     "MEDPARSE_TENANT_RATE_LIMIT_BURST": "4000",
+    "MEDPARSE_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true",
+    "MEDPARSE_WEBHOOK_DISPATCH_INTERVAL_S": "0.5",
+    "MEDPARSE_WEBHOOK_RETRY_SCHEDULE_S": "[1, 2, 3, 5, 8]",
 }
 
 
@@ -76,6 +81,8 @@ class Cluster:
         self.gateway: subprocess.Popen[bytes] | None = None
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.image, _ = organ_image(96, 80)
+        #: where every job's terminal events go (set by tests that check webhook delivery)
+        self.webhook_url: str | None = None
 
     @property
     def base_url(self) -> str:
@@ -121,7 +128,9 @@ class Cluster:
 
     def submit(self, key: str, count: int, out: Submissions, *, prefix: str = "job", deadline_s: float = 90) -> None:
         """Submit ``count`` jobs, retrying each with its own Idempotency-Key until a 202."""
-        body = {"image_base64": base64.b64encode(self.image).decode(), "prompts": "liver & tumor"}
+        body: dict[str, Any] = {"image_base64": base64.b64encode(self.image).decode(), "prompts": "liver & tumor"}
+        if self.webhook_url is not None:
+            body["webhook_url"] = self.webhook_url
         with httpx.Client(base_url=self.base_url, timeout=10) as http:
             for i in range(count):
                 idem = f"{prefix}-{i}"
@@ -215,3 +224,35 @@ class Cluster:
         known = {call_id(j, a) for j, r in rows.items() for a in range(1, r["attempts"] + 1)}
         assert seen <= known, "the endpoint saw calls no job attempt accounts for"
         return {"jobs": len(job_ids), "succeeded": len(succeeded), "failed": len(failed), "endpoint_calls": calls}
+
+    def assert_webhooks_delivered(self, submissions: Submissions, receiver: Receiver, timeout_s: float = 90) -> int:
+        """Every terminal job's event was delivered, under one ``webhook-id`` however often it was sent."""
+        job_ids = {uuid.UUID(j) for j in submissions.accepted.values()}
+        engine = make_sync_engine(self.settings, system_scope=True)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                with engine.begin() as conn:
+                    rows = conn.execute(
+                        select(WebhookDelivery.id, WebhookDelivery.job_id, WebhookDelivery.event_type,
+                               WebhookDelivery.status).where(WebhookDelivery.job_id.in_(job_ids))
+                    ).all()
+                if len(rows) == len(job_ids) and all(r.status == "succeeded" for r in rows):
+                    break
+                assert time.monotonic() < deadline, (
+                    f"{sum(r.status == 'succeeded' for r in rows)} of {len(job_ids)} webhook events delivered"
+                )
+                time.sleep(0.5)
+        finally:
+            engine.dispose()
+        # One event row per job (the default events are the terminal ones), all delivered ...
+        assert sorted(r.job_id for r in rows) == sorted(job_ids)
+        expected = {f"msg_{r.id.hex}": (str(r.job_id), r.event_type) for r in rows}
+        seen: dict[tuple[str, str], set[str]] = {}
+        for request in receiver.requests("/events"):
+            payload = orjson.loads(request.body)
+            seen.setdefault((payload["data"]["id"], payload["type"]), set()).add(request.headers["webhook-id"])
+        # ... and the receiver got each one under exactly its event's webhook-id, retries included.
+        for webhook_id, key in expected.items():
+            assert seen.get(key) == {webhook_id}, (key, seen.get(key))
+        return len(receiver.requests("/events"))

@@ -23,6 +23,7 @@ from medparse.settings import Settings
 from tests.chaos.cluster import Cluster, Submissions
 from tests.chaos.servers import PrivatePostgres, PrivateRedis
 from tests.factories import new_tenant
+from tests.support.webhook_receiver import Receiver, running_receiver
 
 pytestmark = pytest.mark.chaos
 
@@ -46,8 +47,15 @@ def cluster_settings(pg_url: str, private_redis: PrivateRedis, tmp_path: Path) -
 
 
 @pytest.fixture
-def cluster(cluster_settings: Settings, tmp_path: Path) -> Iterator[Cluster]:
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def cluster(cluster_settings: Settings, tmp_path: Path, receiver: Receiver) -> Iterator[Cluster]:
     c = Cluster(cluster_settings, tmp_path)
+    c.webhook_url = receiver.url("/events")
     c.start_all(workers=2)
     yield c
     c.stop_all()
@@ -57,8 +65,9 @@ def running_count(cluster: Cluster, job_ids: list[str]) -> int:
     return sum(1 for r in cluster.job_rows(job_ids).values() if r["status"] == "running")
 
 
-def test_kill_9_workers_mid_call_repeatedly(cluster_settings: Settings, tmp_path: Path) -> None:
+def test_kill_9_workers_mid_call_repeatedly(cluster_settings: Settings, tmp_path: Path, receiver: Receiver) -> None:
     cluster = Cluster(cluster_settings, tmp_path, latency_ms=900)
+    cluster.webhook_url = receiver.url("/events")
     cluster.start_all(workers=2)
     try:
         _, key = new_tenant(cluster.settings)
@@ -79,11 +88,14 @@ def test_kill_9_workers_mid_call_repeatedly(cluster_settings: Settings, tmp_path
         rerun = [j for j, r in rows.items() if r["attempts"] >= 2]
         # The kills really interrupted work: some jobs ran again, and their first calls were seen.
         assert rerun and figures["endpoint_calls"] > figures["jobs"]
+        cluster.assert_webhooks_delivered(subs, receiver)
     finally:
         cluster.stop_all()
 
 
-def test_redis_restart_with_jobs_queued_then_flushall(cluster: Cluster, private_redis: PrivateRedis) -> None:
+def test_redis_restart_with_jobs_queued_then_flushall(
+    cluster: Cluster, private_redis: PrivateRedis, receiver: Receiver
+) -> None:
     _, key = new_tenant(cluster.settings)
     subs = Submissions()
     cluster.submit(key, 30, subs, prefix="before")
@@ -95,11 +107,12 @@ def test_redis_restart_with_jobs_queued_then_flushall(cluster: Cluster, private_
     cluster.submit(key, 20, subs, prefix="after")
     cluster.wait_terminal(list(subs.accepted.values()), timeout_s=150)
     figures = cluster.assert_nothing_lost(subs)
+    figures["webhook_requests"] = cluster.assert_webhooks_delivered(subs, receiver)
     print("chaos figures:", figures, "client retries:", subs.retries)
     assert figures["jobs"] == 50
 
 
-def test_gateway_killed_mid_burst_loses_nothing(cluster: Cluster) -> None:
+def test_gateway_killed_mid_burst_loses_nothing(cluster: Cluster, receiver: Receiver) -> None:
     _, key = new_tenant(cluster.settings)
     subs = Submissions()
     submitter = cluster.submit_in_background(key, 60, subs)
@@ -110,6 +123,7 @@ def test_gateway_killed_mid_burst_loses_nothing(cluster: Cluster) -> None:
     submitter.join(120)
     cluster.wait_terminal(list(subs.accepted.values()), timeout_s=150)
     figures = cluster.assert_nothing_lost(subs)
+    figures["webhook_requests"] = cluster.assert_webhooks_delivered(subs, receiver)
     print("chaos figures:", figures, "client retries:", subs.retries)
     assert figures["jobs"] == 60 and subs.retries > 0
 
@@ -124,7 +138,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 def test_postgres_restart_during_submissions(
-    private_postgres: PrivatePostgres, private_redis: PrivateRedis, tmp_path: Path
+    private_postgres: PrivatePostgres, private_redis: PrivateRedis, tmp_path: Path, receiver: Receiver
 ) -> None:
     with psycopg.connect(private_postgres.admin_url, autocommit=True) as conn:
         conn.execute("CREATE DATABASE medparse")
@@ -134,6 +148,7 @@ def test_postgres_restart_during_submissions(
     )
     upgrade(settings)
     cluster = Cluster(settings, tmp_path)
+    cluster.webhook_url = receiver.url("/events")
     cluster.start_all(workers=2)
     try:
         _, key = new_tenant(settings)
@@ -146,13 +161,14 @@ def test_postgres_restart_during_submissions(
         submitter.join(150)
         cluster.wait_terminal(list(subs.accepted.values()), timeout_s=150)
         figures = cluster.assert_nothing_lost(subs)
+        figures["webhook_requests"] = cluster.assert_webhooks_delivered(subs, receiver)
         print("chaos figures:", figures, "client retries:", subs.retries)
         assert figures["jobs"] == 50
     finally:
         cluster.stop_all()
 
 
-def test_sigterm_finishes_in_flight_work_and_nothing_stays_running(cluster: Cluster) -> None:
+def test_sigterm_finishes_in_flight_work_and_nothing_stays_running(cluster: Cluster, receiver: Receiver) -> None:
     _, key = new_tenant(cluster.settings)
     subs = Submissions()
     cluster.submit(key, 24, subs)
@@ -165,6 +181,7 @@ def test_sigterm_finishes_in_flight_work_and_nothing_stays_running(cluster: Clus
     assert worker.wait(60) == 0
     cluster.wait_terminal(job_ids, timeout_s=120)
     figures = cluster.assert_nothing_lost(subs)
+    figures["webhook_requests"] = cluster.assert_webhooks_delivered(subs, receiver)
     print("chaos figures:", figures)
     # Warm shutdown finished its calls instead of abandoning them: no job needed a second attempt.
     assert all(r["attempts"] == 1 for r in cluster.job_rows(job_ids).values())

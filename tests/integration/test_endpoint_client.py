@@ -274,7 +274,8 @@ def test_threads_sharing_a_client_and_a_redis_cap_never_overrun_the_deployment(
 ) -> None:
     base_url, admin = emulator
     settings = endpoint_settings(
-        f"{base_url}/score", endpoint_max_concurrent_per_instance=1, endpoint_instance_count=2
+        f"{base_url}/score", endpoint_max_concurrent_per_instance=1, endpoint_instance_count=2,
+        endpoint_in_flight_headroom=0.0,
     )
     redis_client = redis.Redis.from_url(REDIS_URL)
     limiter = RedisInFlightLimiter(redis_client, f"{redis_namespace}:in_flight", in_flight_limit(settings))

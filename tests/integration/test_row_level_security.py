@@ -16,7 +16,10 @@ from medparse.settings import Settings
 from tests.conftest import _admin_conninfo
 from tests.factories import new_tenant
 
-TENANT_TABLES = ("jobs", "job_inputs", "job_masks", "idempotency_keys")
+TENANT_TABLES = (
+    "jobs", "job_inputs", "job_masks", "idempotency_keys", "job_medical", "webhook_endpoints",
+    "webhook_tenant_secrets", "webhook_deliveries", "job_webhooks", "webhook_attempts",
+)
 
 
 @pytest.fixture
@@ -133,3 +136,10 @@ async def test_the_gateway_works_under_row_level_security(pg_settings: Settings,
         assert (await canceled.json())["status"] == "canceled"
         usage = await (await api.get("/v1/usage", headers={"Authorization": f"Bearer {key}"})).json()
         assert usage["jobs"] == {"canceled": 1}
+        bearer = {"Authorization": f"Bearer {key}"}
+        secret = await api.get("/v1/webhooks/default/secret", headers=bearer)
+        assert secret.status == 200 and (await secret.json())["key"].startswith("whsec_")
+        deliveries = await api.get(f"/v1/jobs/{job['id']}/deliveries", headers=bearer)
+        assert deliveries.status == 200
+        theirs = await api.get(f"/v1/jobs/{job['id']}/deliveries", headers={"Authorization": f"Bearer {other}"})
+        assert theirs.status == 404

@@ -39,3 +39,14 @@ def test_the_prebuilt_job_insert_covers_every_parameter_of_a_new_job() -> None:
 
     job = NewJob(uuid.uuid4(), uuid.uuid4(), ["liver"], {}, "png", 1, 1, b"x", datetime.now(UTC))
     assert set(insert_job_params(job)[0]) == set(_NEW_JOB_COLUMNS)
+
+
+def test_the_in_flight_cap_has_headroom_but_stays_below_the_429_threshold() -> None:
+    from medparse.settings import Settings
+
+    for per_instance, instances in [(8, 1), (4, 2), (1, 2), (1, 1), (16, 3)]:
+        capacity = per_instance * instances
+        settings = Settings(endpoint_max_concurrent_per_instance=per_instance, endpoint_instance_count=instances)
+        assert capacity <= settings.endpoint_max_in_flight < max(2 * capacity, capacity + 1)
+    assert Settings(endpoint_max_concurrent_per_instance=8).endpoint_max_in_flight == 10
+    assert Settings(endpoint_in_flight_headroom=0.0).endpoint_max_in_flight == 8
