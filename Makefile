@@ -47,6 +47,8 @@ bench: install-test
 	$(BIN)/python bench/accept.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/utilisation.py
+	$(BIN)/python bench/fairness.py
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

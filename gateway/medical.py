@@ -15,7 +15,7 @@ from medparse.medical.errors import OptionRejected
 from medparse.medical.options import MedicalOptions
 from medparse.settings import Settings
 
-#: Result formats every succeeded job has; ``nifti`` and ``dicom-seg`` depend on the input.
+#: Result formats every succeeded job has; ``nifti`` (NIfTI inputs, DICOM volumes) and ``dicom-seg`` depend on the input.
 COMMON_FORMATS = ("png", "npz", "rle", "overlay")
 
 
@@ -45,7 +45,7 @@ def is_volume_row(row: Mapping[Any, Any]) -> bool:
 
 def formats_of(row: Mapping[Any, Any], base: str) -> dict[str, str]:
     names = list(COMMON_FORMATS)
-    if row.get("input_format") == "nifti":
+    if row.get("input_format") == "nifti" or (row.get("input_format") == "dicom" and is_volume_row(row)):
         names.append("nifti")
     if row.get("input_format") == "dicom":
         names.append("dicom-seg")

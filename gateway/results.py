@@ -30,7 +30,7 @@ from gateway.medical import is_volume_row
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.tenancy import tenant_transaction
 from medparse import imaging, masks
-from medparse.medical import inputs, nifti, volumes
+from medparse.medical import dicom, geometry, inputs, nifti, volumes
 from medparse.outputs import archive, overlay, rle
 from medparse.outputs.dicom_seg import SegUnavailable, dicom_seg_bytes
 from medparse.settings import Settings
@@ -235,20 +235,33 @@ def _overlay(loaded: Loaded, mask: int | None, slice_: int | None, settings: Set
 
 def _nifti(loaded: Loaded, mask: int | None, job_id: str) -> Rendered:
     medical = loaded.medical or {}
-    if loaded.volume is None or medical.get("source_kind") != "nifti":
-        raise ApiProblem(409, "format_not_available", "nifti output exists for NIfTI inputs; use png, npz or rle")
+    kind = medical.get("source_kind")
+    if loaded.volume is None or kind not in ("nifti", "dicom") or (kind == "dicom" and not medical.get("source_header")):
+        raise ApiProblem(
+            409, "format_not_available", "nifti output exists for NIfTI inputs and DICOM volumes; use png, npz or rle"
+        )
     if mask is None:
         labels = loaded.volume.label_volume()
     else:
         labels = loaded.volume.in_input_order(mask).astype(np.uint8)
     provenance = loaded.provenance
+    description = f"medparse labels {provenance.get('model', '')} {provenance.get('software_version', '')}"
+    header_blob, affine, xform_code, headers = medical.get("source_header"), medical.get("affine"), None, {}
+    if kind == "dicom":
+        # A DICOM volume is (F, R, C); the label map is laid out (C, R, F): i = column, j = row, k = frame.
+        found = geometry.frame_geometry(dicom.read_header_bytes(medical["source_header"]))
+        labels = np.ascontiguousarray(np.transpose(labels, (2, 1, 0)))
+        header_blob, affine = None, found.nifti_affine().tolist()
+        xform_code = 1 if found.known else None  # NIFTI_XFORM_SCANNER_ANAT; nibabel's default otherwise
+        provenance = {**provenance, **found.provenance()}
+        description = f"{description} geometry={found.source}"
+        headers["Medparse-Geometry"] = found.source
     body = nifti.label_volume_bytes(
-        labels, medical.get("source_header"), medical.get("affine"),
-        description=f"medparse labels {provenance.get('model', '')} {provenance.get('software_version', '')}",
+        labels, header_blob, affine, description=description, xform_code=xform_code,
         comment=json.dumps({"labels": _entries(loaded, _pick(loaded.summaries, mask)), "provenance": provenance},
                            default=str).encode(),
     )
-    return Rendered(body, "application/gzip", f"{job_id}-labels.nii.gz", {})
+    return Rendered(body, "application/gzip", f"{job_id}-labels.nii.gz", headers)
 
 
 def _dicom_seg(loaded: Loaded, job_id: str) -> Rendered:
@@ -275,9 +288,7 @@ def _dicom_seg(loaded: Loaded, job_id: str) -> Rendered:
 
 def _frames_of(header: bytes, image_masks: np.ndarray, options: dict[str, Any]) -> np.ndarray:
     """A 2-D job on frame f of a multi-frame source: its masks placed on frame f, the others empty."""
-    from medparse.medical.dicom import read_header_bytes
-
-    frames = int(read_header_bytes(header).get("NumberOfFrames") or 1)
+    frames = int(dicom.read_header_bytes(header).get("NumberOfFrames") or 1)
     if frames == 1:
         return image_masks
     stack = np.zeros((image_masks.shape[0], frames, *image_masks.shape[1:]), np.uint8)

@@ -21,13 +21,42 @@ def _configure_logging(settings: Settings) -> None:
     )
 
 
-def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+def _serve_one(settings: Settings, reuse_port: bool) -> None:
     from aiohttp import web
 
     from gateway.app import create_app
 
-    print(f"medparse gateway listening on http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None)
+    web.run_app(
+        create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
+        reuse_port=reuse_port,
+    )
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    processes = args.processes or settings.gateway_processes
+    if processes > 1 and settings.embedded:
+        raise SystemExit("the embedded mode runs one gateway process (set MEDPARSE_REDIS_URL for more)")
+    print(f"medparse gateway listening on http://{settings.host}:{settings.port} ({processes} process(es))",
+          flush=True)
+    if processes == 1:
+        _serve_one(settings, reuse_port=False)
+        return
+    import multiprocessing
+    import signal
+
+    children = [multiprocessing.Process(target=_serve_one, args=(settings, True)) for _ in range(processes)]
+    for child in children:
+        child.start()
+
+    def _stop(*_: object) -> None:
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # each child shuts its aiohttp app down gracefully on SIGTERM
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    for child in children:
+        child.join()
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
@@ -157,7 +186,9 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medparse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the HTTP gateway").set_defaults(func=cmd_serve)
+    serve = sub.add_parser("serve", help="run the HTTP gateway")
+    serve.add_argument("--processes", type=int, default=None, help="gateway processes (default: setting)")
+    serve.set_defaults(func=cmd_serve)
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--pool", default="threads", choices=["threads", "prefork", "solo"])

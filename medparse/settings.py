@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = 8080
+    #: Gateway processes sharing the port (SO_REUSEPORT). One process tops out at one core; the
+    #: embedded mode always runs one (its event socket has a single listener).
+    gateway_processes: int = Field(default=1, ge=1, le=64)
     #: ``postgresql+asyncpg://...`` in production; unset means the embedded SQLite file.
     database_url: str | None = None
     #: ``redis://...`` in production; unset means the embedded local queue.

@@ -180,11 +180,12 @@ def affine_of(image: AnyNifti) -> list[list[float]]:
 
 def label_volume_bytes(
     labels: np.ndarray, header_blob: bytes | None, affine: list[list[float]] | None, *,
-    description: str = "", comment: bytes = b"",
+    description: str = "", comment: bytes = b"", xform_code: int | None = None,
 ) -> bytes:
     """A .nii.gz of ``labels`` with the input's header (shape, type and scaling adjusted) and affine.
 
     ``description`` goes into ``descrip`` (80 bytes), ``comment`` into a NIfTI comment extension.
+    ``xform_code`` (when given, e.g. 1 = scanner) sets both qform and sform codes and the units to mm.
     """
     with quiet():
         header = _header_from_blob(header_blob)
@@ -195,6 +196,10 @@ def label_volume_bytes(
             image = nib.Nifti1Image(labels, matrix if matrix is not None else np.eye(4))
         image.set_data_dtype(labels.dtype)
         image.header.set_slope_inter(1.0, 0.0)
+        if xform_code is not None and matrix is not None:
+            image.header.set_qform(matrix, code=xform_code)
+            image.header.set_sform(matrix, code=xform_code)
+            image.header.set_xyzt_units("mm")
         image.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
         image.header["descrip"] = description.encode("ascii", "replace")[:79]
         if comment:

@@ -6,6 +6,11 @@ one) and a PACS viewer shows it on top of the image. UIDs are derived from the j
 SEG twice gives the same instance instead of a duplicate series. Segment labels are the prompts (64
 characters at most, the LO limit); the category/type codes are the generic SNOMED "Tissue", since the
 model's 16 categories have no curated code mapping; the algorithm is identified as MedImageParse.
+
+A legacy multi-frame source (one ``ImagePositionPatient`` for all frames, no per-frame functional
+groups) gets per-frame plane positions synthesized along the slice normal from its position,
+orientation and ``SpacingBetweenSlices`` / ``SliceThickness`` (``medparse.medical.geometry``); when
+one of those is missing the SEG cannot be placed and ``SegUnavailable`` names the attribute.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from medparse import __version__
-from medparse.medical import dicom
+from medparse.medical import dicom, geometry
 
 _UID_NAMESPACE = uuid.UUID("0b7e7b59-55e4-4c55-a2a4-8f0f5d3c6a11")
 
@@ -69,6 +74,7 @@ def dicom_seg_bytes(
         for index, prompt in enumerate(prompts)
     ]
     request_id = str(provenance.get("endpoint_client_request_id") or "")
+    placement = _placement(source, frames)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -89,9 +95,35 @@ def dicom_seg_bytes(
                 content_description=f"request {request_id}"[:64],
                 content_label="MEDPARSE",
                 omit_empty_frames=False,
+                **placement,
             )
             buffer = io.BytesIO()
             seg.save_as(buffer)
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as exc:
         raise SegUnavailable(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from exc
     return buffer.getvalue()
+
+
+def _placement(source: Any, frames: int) -> dict[str, Any]:
+    """Plane positions, orientation and pixel measures for a multi-frame source that has no per-frame
+    positions of its own (highdicom takes them from the source otherwise)."""
+    if frames == 1 or "PerFrameFunctionalGroupsSequence" in source:
+        return {}
+    found = geometry.frame_geometry(source)
+    missing = found.details.get("missing")
+    if missing or found.positions is None or found.orientation is None or found.pixel_spacing is None:
+        what = list(missing or []) + ([] if found.pixel_spacing is not None else ["PixelSpacing"])
+        raise SegUnavailable(
+            f"the multi-frame source has no per-frame plane positions and no {', '.join(what)} to derive them"
+        )
+    coordinates = hd.CoordinateSystemNames.PATIENT
+    return {
+        "plane_positions": [
+            hd.PlanePositionSequence(coordinates, [float(v) for v in position]) for position in found.positions
+        ],
+        "plane_orientation": hd.PlaneOrientationSequence(coordinates, [float(v) for v in found.orientation]),
+        "pixel_measures": hd.PixelMeasuresSequence(
+            list(found.pixel_spacing), float(source.get("SliceThickness") or found.slice_spacing or 1.0),
+            found.slice_spacing,
+        ),
+    }

@@ -77,3 +77,23 @@ def test_embedded_default_end_to_end(embedded_settings: Settings, tmp_path: Path
         embedded_settings, emulator, emulator_key, tmp_path
     ) as base:
         _submit_and_check(base, key)
+
+
+def test_several_gateway_processes_share_the_port(pg_settings: Settings, tmp_path: Path) -> None:
+    from tests.conftest import free_port
+    from tests.e2e.processes import settings_env, start, stop, wait_http
+
+    _, key = new_tenant(pg_settings)
+    port = free_port()
+    proc = start(["serve", "--processes", "2"], settings_env(pg_settings, MEDPARSE_PORT=str(port)),
+                 tmp_path / "gateway.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)
+        image, _ = organ_image()
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as http:
+            files = {"image": ("x.png", image, "image/png")}
+            ids = {http.post("/v1/jobs", files=files, data={"prompts": "liver"}).json()["id"] for _ in range(6)}
+            assert len(ids) == 6 and all(http.get(f"/v1/jobs/{i}").status_code == 200 for i in ids)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
