@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
 import shutil
@@ -57,7 +56,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,10 +72,9 @@ import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 from psycopg.types.json import Json  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("MEDPARSE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("MEDPARSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
+
 PROMPT = "liver"
 STARTUP_TIMEOUT_S = 60.0
 #: Workers count as "busy with A" once this many A jobs completed and the workers ran WARM_S more.
@@ -128,39 +125,6 @@ def multipart_body(image: bytes, prompts: str) -> tuple[bytes, str]:
 
 
 # --- the throwaway environment -----------------------------------------------------------------
-
-def _admin_conninfo() -> str:
-    return make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def throwaway_database() -> Iterator[tuple[str, str]]:
-    """Yields (SQLAlchemy asyncpg URL for the service, plain conninfo for this script)."""
-    name = f"medparse_fair_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(PG_ADMIN_URL).set(database=name)
-        yield (url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False),
-               url.set(drivername="postgresql").render_as_string(hide_password=False))
-    finally:
-        with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
-def throwaway_namespace() -> Iterator[str]:
-    namespace = f"mpfair-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
-    client.ping()
-    try:
-        yield namespace
-    finally:
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
-        client.close()
-
 
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPARSE_")}
@@ -597,7 +561,7 @@ def fifo_phase(args: argparse.Namespace, procs: Procs, envs: Env, tenants: dict[
     tenant_a, key_a = tenants["a2"]
     _, key_b = tenants["b2"]
     mark = procs.mark()
-    with throwaway_namespace() as namespace:
+    with throwaway_namespace("mpfair") as namespace:
         try:
             env = envs.service(namespace, free_port(),
                                MEDPARSE_DISPATCH_WINDOW="100000", MEDPARSE_TENANT_MAX_RUNNING_JOBS="100000")
@@ -635,7 +599,8 @@ def run(args: argparse.Namespace) -> int:
     t_run = time.monotonic()
     load0 = os.getloadavg()
     try:
-        with throwaway_database() as (db_url, conninfo), throwaway_namespace() as namespace:
+        with throwaway_database("medparse_fair") as database, throwaway_namespace("mpfair") as namespace:
+            db_url, conninfo = database.async_url, database.conninfo
             try:
                 settings = Settings(database_url=db_url, redis_url=REDIS_URL, redis_namespace=namespace,
                                     data_dir=tmp / "var", log_level="WARNING")

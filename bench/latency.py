@@ -49,13 +49,13 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
-import psycopg
-import redis
-from sqlalchemy.engine import make_url
 
 REPO = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = os.environ.get("MEDPARSE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("MEDPARSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
+
 PROMPTS = "liver & kidney"
 TARGET_P50_MS = 10.0
 TARGET_P99_MS = 25.0
@@ -97,37 +97,6 @@ def parse_ts(value: str | None) -> float | None:
 
 
 # --- the throwaway environment -----------------------------------------------------------------
-
-def _admin_conninfo() -> str:
-    return make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.contextmanager
-def throwaway_database() -> Iterator[str]:
-    name = f"medparse_bench_latency_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_admin_conninfo(), autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
-def throwaway_namespace() -> Iterator[str]:
-    namespace = f"mpbench-latency-{uuid.uuid4().hex[:10]}"
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
-    client.ping()
-    try:
-        yield namespace
-    finally:
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-
 
 def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPARSE_")}
@@ -288,7 +257,11 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="medparse-latency-"))
     failed = True
     try:
-        with throwaway_database() as db_url, throwaway_namespace() as namespace:
+        with (
+            throwaway_database("medparse_bench_latency") as database,
+            throwaway_namespace("mpbench-latency") as namespace,
+        ):
+            db_url = database.async_url
             settings = Settings(
                 database_url=db_url, redis_url=REDIS_URL, redis_namespace=namespace,
                 data_dir=tmp / "var", log_level="WARNING",

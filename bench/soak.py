@@ -17,12 +17,9 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-import psycopg
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.chaos
 
@@ -31,8 +28,8 @@ from db.models import Job, JobMask  # noqa: E402
 from medparse.migrate import upgrade  # noqa: E402
 from medparse.settings import Settings  # noqa: E402
 from tests.chaos.cluster import Cluster, Submissions  # noqa: E402
-from tests.conftest import PG_ADMIN_URL, REDIS_URL  # noqa: E402
 from tests.factories import new_tenant  # noqa: E402
+from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
 
 CAPACITY = 8
 
@@ -50,18 +47,15 @@ def main() -> int:
     parser.add_argument("--submitters", type=int, default=4)
     args = parser.parse_args()
 
-    name = f"medparse_soak_{uuid.uuid4().hex[:8]}"
-    admin = make_url(PG_ADMIN_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    tmp = Path(tempfile.mkdtemp(prefix="medparse-soak-"))
-    namespace = f"soak-{uuid.uuid4().hex[:8]}"
-    settings = Settings(
-        database_url=make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name).render_as_string(
-            hide_password=False
-        ),
-        redis_url=REDIS_URL, redis_namespace=namespace, data_dir=tmp / "var",
-    )
+    with throwaway_database("medparse_soak") as database, throwaway_namespace("mpsoak") as namespace:
+        tmp = Path(tempfile.mkdtemp(prefix="medparse-soak-"))
+        settings = Settings(
+            database_url=database.async_url, redis_url=REDIS_URL, redis_namespace=namespace, data_dir=tmp / "var"
+        )
+        return run(settings, tmp, args)
+
+
+def run(settings: Settings, tmp: Path, args: argparse.Namespace) -> int:
     cluster = Cluster(settings, tmp, latency_ms=args.latency_ms, faults=args.faults)
     try:
         upgrade(settings)
@@ -114,14 +108,6 @@ def main() -> int:
         return 0 if lost == 0 and duplicated == 0 else 1
     finally:
         cluster.stop_all()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-        if keys:
-            client.delete(*keys)
 
 
 if __name__ == "__main__":

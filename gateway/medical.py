@@ -15,7 +15,8 @@ from medparse.medical.errors import OptionRejected
 from medparse.medical.options import MedicalOptions
 from medparse.settings import Settings
 
-#: Result formats every succeeded job has; ``nifti`` (NIfTI inputs, DICOM volumes) and ``dicom-seg`` depend on the input.
+#: Result formats every succeeded job has; ``nifti`` (NIfTI inputs, DICOM volumes) and ``dicom-seg`` depend
+#: on the input.
 COMMON_FORMATS = ("png", "npz", "rle", "overlay")
 
 

@@ -236,7 +236,8 @@ def _overlay(loaded: Loaded, mask: int | None, slice_: int | None, settings: Set
 def _nifti(loaded: Loaded, mask: int | None, job_id: str) -> Rendered:
     medical = loaded.medical or {}
     kind = medical.get("source_kind")
-    if loaded.volume is None or kind not in ("nifti", "dicom") or (kind == "dicom" and not medical.get("source_header")):
+    dicom_volume = kind == "dicom" and bool(medical.get("source_header"))
+    if loaded.volume is None or not (kind == "nifti" or dicom_volume):
         raise ApiProblem(
             409, "format_not_available", "nifti output exists for NIfTI inputs and DICOM volumes; use png, npz or rle"
         )
@@ -247,7 +248,7 @@ def _nifti(loaded: Loaded, mask: int | None, job_id: str) -> Rendered:
     provenance = loaded.provenance
     description = f"medparse labels {provenance.get('model', '')} {provenance.get('software_version', '')}"
     header_blob, affine, xform_code, headers = medical.get("source_header"), medical.get("affine"), None, {}
-    if kind == "dicom":
+    if dicom_volume:
         # A DICOM volume is (F, R, C); the label map is laid out (C, R, F): i = column, j = row, k = frame.
         found = geometry.frame_geometry(dicom.read_header_bytes(medical["source_header"]))
         labels = np.ascontiguousarray(np.transpose(labels, (2, 1, 0)))

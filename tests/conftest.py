@@ -6,22 +6,23 @@ FAIL (never skip): a green run must mean the service was tested against real ser
 
 from __future__ import annotations
 
-import os
 import socket
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
-from sqlalchemy.engine import make_url
 
 from medparse.migrate import upgrade
 from medparse.settings import Settings
-
-PG_ADMIN_URL = os.environ.get("MEDPARSE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("MEDPARSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.support.throwaway import (
+    PG_ADMIN_URL,
+    REDIS_URL,
+    admin_conninfo,
+    throwaway_database,
+    throwaway_namespace,
+)
 
 
 def free_port() -> int:
@@ -30,15 +31,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _admin_conninfo() -> str:
-    url = make_url(PG_ADMIN_URL)
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
 
 @pytest.fixture(scope="session")
 def postgres_available() -> None:
     try:
-        with psycopg.connect(_admin_conninfo(), connect_timeout=5) as conn:
+        with psycopg.connect(admin_conninfo(), connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
         pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {exc}")
@@ -55,27 +52,15 @@ def redis_available() -> None:
 @pytest.fixture
 def pg_url(postgres_available: None) -> Iterator[str]:
     """A fresh, empty database; dropped afterwards."""
-    name = f"medparse_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database() as database:
+        yield database.async_url
 
 
 @pytest.fixture
 def redis_namespace(redis_available: None) -> Iterator[str]:
     """A private key prefix; every key under it is deleted afterwards."""
-    namespace = f"mptest-{uuid.uuid4().hex[:10]}"
-    yield namespace
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=f"{namespace}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+    with throwaway_namespace() as namespace:
+        yield namespace
 
 
 @pytest.fixture

@@ -109,68 +109,76 @@ def frame_geometry(ds: Dataset) -> FrameGeometry:
     frames = int(ds.get("NumberOfFrames") or 1)
     details: dict[str, Any] = {}
     missing: list[str] = []
-
-    orientation, where = None, None
-    item, where = _group_item(ds, "PlaneOrientationSequence", 0)
-    if item is not None:
-        orientation = _floats(item.get("ImageOrientationPatient"), 6)
-    if orientation is None:
-        orientation, where = _floats(ds.get("ImageOrientationPatient"), 6), "ImageOrientationPatient"
-    if orientation is not None and np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 1e-6:
-        orientation = None
+    orientation = _orientation(ds, details)
     if orientation is None:
         missing.append("ImageOrientationPatient")
-    else:
-        details["orientation"] = where
-
-    pixel_spacing, slice_spacing = None, None
-    measures, where = _group_item(ds, "PixelMeasuresSequence", 0)
-    for holder, label in ((measures, where), (ds, "top level")):
-        if holder is None:
-            continue
-        if pixel_spacing is None:
-            spacing = _floats(holder.get("PixelSpacing"), 2)
-            if spacing is not None and np.all(spacing > 0):
-                pixel_spacing = (float(spacing[0]), float(spacing[1]))
-                details["pixel_spacing"] = f"PixelSpacing ({label})"
-    if pixel_spacing is None:
-        details["pixel_spacing"] = "unknown: 1 mm assumed"
-    for attribute in ("SpacingBetweenSlices", "SliceThickness"):
-        for holder, label in ((measures, where), (ds, "top level")):
-            if slice_spacing is None and holder is not None:
-                slice_spacing = _positive(holder.get(attribute))
-                if slice_spacing is not None:
-                    details["slice_spacing"] = f"{attribute} ({label})"
-
+    pixel_spacing, slice_spacing = _spacings(ds, details)
     positions, source = _per_frame_positions(ds, frames), "per-frame-functional-groups"
     if positions is not None:
         details["slice_spacing"] = "per-frame plane positions"
         if frames > 1:
             slice_spacing = float(np.linalg.norm(positions[-1] - positions[0]) / (frames - 1))
     else:
-        item, _ = _group_item(ds, "PlanePositionSequence", 0)
-        origin, source = (_floats(item.get("ImagePositionPatient"), 3), "shared-functional-groups") if item else (
-            None, "")
-        if origin is None:
-            origin, source = _floats(ds.get("ImagePositionPatient"), 3), "image-plane-module"
+        origin, source = _origin(ds)
         if origin is None:
             missing.append("ImagePositionPatient")
-        elif orientation is not None and (frames == 1 or slice_spacing is not None):
+        if frames > 1 and slice_spacing is None:
+            missing.append("SpacingBetweenSlices or SliceThickness")
+        if origin is not None and orientation is not None and not missing:
             normal = np.cross(orientation[:3], orientation[3:])
             normal /= np.linalg.norm(normal)
             positions = origin + np.arange(frames)[:, None] * (slice_spacing or 0.0) * normal
             if frames > 1:
                 details["positions"] = "synthesized along the slice normal"
-        elif frames > 1:
-            missing.append("SpacingBetweenSlices or SliceThickness")
     if positions is None or orientation is None:
-        source = UNKNOWN
-        positions = None
+        source, positions = UNKNOWN, None
     if slice_spacing is None:
         details["slice_spacing"] = "unknown: 1 mm assumed"
     if missing:
         details["missing"] = missing
     return FrameGeometry(source, frames, positions, orientation, pixel_spacing, slice_spacing, details)
+
+
+def _orientation(ds: Dataset, details: dict[str, Any]) -> np.ndarray | None:
+    item, where = _group_item(ds, "PlaneOrientationSequence", 0)
+    orientation = _floats(item.get("ImageOrientationPatient"), 6) if item is not None else None
+    if orientation is None:
+        orientation, where = _floats(ds.get("ImageOrientationPatient"), 6), "ImageOrientationPatient"
+    if orientation is None or np.linalg.norm(np.cross(orientation[:3], orientation[3:])) < 1e-6:
+        return None
+    details["orientation"] = where
+    return orientation
+
+
+def _spacings(ds: Dataset, details: dict[str, Any]) -> tuple[tuple[float, float] | None, float | None]:
+    """``PixelSpacing`` and the slice spacing (``SpacingBetweenSlices``, else ``SliceThickness``)."""
+    measures, where = _group_item(ds, "PixelMeasuresSequence", 0)
+    holders = [(holder, label) for holder, label in ((measures, where), (ds, "top level")) if holder is not None]
+    pixel_spacing: tuple[float, float] | None = None
+    for holder, label in holders:
+        spacing = _floats(holder.get("PixelSpacing"), 2)
+        if spacing is not None and np.all(spacing > 0):
+            pixel_spacing = (float(spacing[0]), float(spacing[1]))
+            details["pixel_spacing"] = f"PixelSpacing ({label})"
+            break
+    else:
+        details["pixel_spacing"] = "unknown: 1 mm assumed"
+    for attribute in ("SpacingBetweenSlices", "SliceThickness"):
+        for holder, label in holders:
+            slice_spacing = _positive(holder.get(attribute))
+            if slice_spacing is not None:
+                details["slice_spacing"] = f"{attribute} ({label})"
+                return pixel_spacing, slice_spacing
+    return pixel_spacing, None
+
+
+def _origin(ds: Dataset) -> tuple[np.ndarray | None, str]:
+    """One position for all frames: the shared functional groups', else the legacy attribute."""
+    item, _ = _group_item(ds, "PlanePositionSequence", 0)
+    origin = _floats(item.get("ImagePositionPatient"), 3) if item is not None else None
+    if origin is not None:
+        return origin, "shared-functional-groups"
+    return _floats(ds.get("ImagePositionPatient"), 3), "image-plane-module"
 
 
 def _per_frame_positions(ds: Dataset, frames: int) -> np.ndarray | None:

@@ -116,6 +116,14 @@ def _placement(source: Any, frames: int) -> dict[str, Any]:
         raise SegUnavailable(
             f"the multi-frame source has no per-frame plane positions and no {', '.join(what)} to derive them"
         )
+    # highdicom also reads the legacy attributes off the source: fill those the functional groups hold.
+    thickness = float(source.get("SliceThickness") or found.slice_spacing or 1.0)
+    for name, value in (
+        ("ImagePositionPatient", found.positions[0]), ("ImageOrientationPatient", found.orientation),
+        ("PixelSpacing", found.pixel_spacing), ("SliceThickness", [thickness]),
+    ):
+        if name not in source:
+            setattr(source, name, [float(v) for v in value] if len(value) > 1 else float(value[0]))
     coordinates = hd.CoordinateSystemNames.PATIENT
     return {
         "plane_positions": [
@@ -123,7 +131,6 @@ def _placement(source: Any, frames: int) -> dict[str, Any]:
         ],
         "plane_orientation": hd.PlaneOrientationSequence(coordinates, [float(v) for v in found.orientation]),
         "pixel_measures": hd.PixelMeasuresSequence(
-            list(found.pixel_spacing), float(source.get("SliceThickness") or found.slice_spacing or 1.0),
-            found.slice_spacing,
+            list(found.pixel_spacing), thickness, found.slice_spacing,
         ),
     }

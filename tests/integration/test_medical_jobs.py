@@ -216,15 +216,79 @@ async def test_a_multi_frame_dicom_runs_every_frame_or_the_chosen_one(
     upload = mf.multiframe_ct(3)
     volume_job = await run(api, key, ctx, upload, "liver", {"window": "abdomen"})
     assert volume_job["input"]["frames"] == 3 and volume_job["progress"] == {"done": 3, "total": 3}
-    # A legacy multi-frame has one position for all frames: no geometry a SEG could reference per frame.
-    refused = await (await fetch(api, key, volume_job["result"]["formats"]["dicom-seg"], 409)).json()
-    assert refused["code"] == "format_not_available" and "plane positions" in refused["detail"]
     npz = np.load(io.BytesIO(await (await fetch(api, key, volume_job["result"]["npz_url"])).read()))
     assert npz["masks"].shape == (1, 3, 128, 128)
+    # A legacy multi-frame has one position for all frames: the SEG's frames are placed along the normal.
+    seg_answer = await fetch(api, key, volume_job["result"]["formats"]["dicom-seg"])
+    seg = pydicom.dcmread(io.BytesIO(await seg_answer.read()))
+    source = pydicom.dcmread(io.BytesIO(upload))
+    by_z = {round(float(item.PlanePositionSequence[0].ImagePositionPatient[2]), 3): seg.pixel_array[i]
+            for i, item in enumerate(seg.PerFrameFunctionalGroupsSequence)}
+    z0 = float(source.ImagePositionPatient[2])
+    assert sorted(by_z) == [round(z0 + 5.0 * f, 3) for f in range(3)]  # SpacingBetweenSlices 5 along +z
+    for f in range(3):
+        assert np.array_equal(by_z[round(z0 + 5.0 * f, 3)], npz["masks"][0, f])
+
+    # The NIfTI label map is laid out (columns, rows, frames) with an RAS affine from the DICOM geometry.
+    assert "nifti" in volume_job["result"]["formats"]
+    answer = await fetch(api, key, volume_job["result"]["formats"]["nifti"])
+    assert answer.headers["Medparse-Geometry"] == "image-plane-module"
+    labels = nib.Nifti1Image.from_bytes(gzip.decompress(await answer.read()))
+    assert labels.shape == (source.Columns, source.Rows, 3)
+    spacing = [float(v) for v in source.PixelSpacing]
+    assert np.allclose(np.linalg.norm(labels.affine[:3, :3], axis=0), [spacing[1], spacing[0], 5.0], atol=1e-5)
+    lps = [float(v) for v in source.ImagePositionPatient]
+    assert np.allclose(labels.affine[:3, 3], [-lps[0], -lps[1], lps[2]], atol=1e-4)  # LPS -> RAS
+    assert int(labels.header["sform_code"]) == 1 and "geometry=image-plane-module" in str(labels.header["descrip"])
+    volume = np.asarray(labels.dataobj)
+    assert np.array_equal(volume == 1, np.transpose(npz["masks"][0], (2, 1, 0)).astype(bool))
+    assert int(np.count_nonzero(volume == 1)) == volume_job["result"]["masks"][0]["area_px"]
+    comment = json.loads(labels.header.extensions[0].get_content())
+    assert comment["provenance"]["geometry"] == "image-plane-module"
 
     frame_job = await run(api, key, ctx, upload, "liver", {"frame": 2, "window": "abdomen"})
     assert frame_job["input"]["kind"] == "image" and frame_job["progress"] is None
     assert frame_job["result"]["provenance"]["preprocessing"]["source"]["frame"] == 2
+
+
+async def test_dicom_volume_geometry_from_functional_groups_or_none_at_all(
+    api: TestClient[Any, Any], key: str, ctx: WorkerContext
+) -> None:
+    shared = await run(api, key, ctx, mf.multiframe_ct_geometry(3, geometry="shared"), "liver & kidney")
+    labels = nib.Nifti1Image.from_bytes(gzip.decompress(
+        await (await fetch(api, key, shared["result"]["formats"]["nifti"])).read()))
+    assert labels.shape == (128, 128, 3)
+    assert np.allclose(np.linalg.norm(labels.affine[:3, :3], axis=0), [0.661468, 0.661468, 2.5], atol=1e-5)
+    volume = np.asarray(labels.dataobj)
+    for index, mask in enumerate(shared["result"]["masks"]):
+        assert int(np.count_nonzero(volume == index + 1)) <= mask["area_px"]  # a later prompt wins overlaps
+    one = nib.Nifti1Image.from_bytes(gzip.decompress(
+        await (await fetch(api, key, shared["result"]["formats"]["nifti"] + "&mask=0")).read()))
+    assert int(np.count_nonzero(np.asarray(one.dataobj))) == shared["result"]["masks"][0]["area_px"]
+    seg = pydicom.dcmread(io.BytesIO(await (await fetch(api, key, shared["result"]["formats"]["dicom-seg"])).read()))
+    assert seg.NumberOfFrames == 3 * 2  # frames x segments
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "kidney"]
+
+    per_frame = await run(api, key, ctx, mf.multiframe_ct_geometry(3, geometry="per-frame"), "liver")
+    answer = await fetch(api, key, per_frame["result"]["formats"]["nifti"])
+    assert answer.headers["Medparse-Geometry"] == "per-frame-functional-groups"
+    labels = nib.Nifti1Image.from_bytes(gzip.decompress(await answer.read()))
+    assert np.allclose(labels.affine[:3, 2], [0.0, 0.0, 3.0], atol=1e-5)  # per-frame positions 3 mm apart
+
+    bare = await run(api, key, ctx, mf.multiframe_ct_geometry(3, geometry="none"), "liver")
+    answer = await fetch(api, key, bare["result"]["formats"]["nifti"])
+    assert answer.headers["Medparse-Geometry"] == "unknown"
+    labels = nib.Nifti1Image.from_bytes(gzip.decompress(await answer.read()))
+    assert labels.shape == (128, 128, 3) and np.allclose(labels.affine, np.eye(4))
+    comment = json.loads(labels.header.extensions[0].get_content())
+    assert comment["provenance"]["geometry"] == "unknown"
+    assert "ImagePositionPatient" in comment["provenance"]["geometry_detail"]["missing"]
+    assert int(np.count_nonzero(np.asarray(labels.dataobj))) == bare["result"]["masks"][0]["area_px"]
+    refused = await (await fetch(api, key, bare["result"]["formats"]["dicom-seg"], 409)).json()
+    assert refused["code"] == "format_not_available" and "ImagePositionPatient" in refused["detail"]
+    no_spacing = await run(api, key, ctx, mf.multiframe_ct_geometry(3, geometry="no-spacing"), "liver")
+    refused = await (await fetch(api, key, no_spacing["result"]["formats"]["dicom-seg"], 409)).json()
+    assert "SpacingBetweenSlices or SliceThickness" in refused["detail"]
 
 
 async def test_the_3d_model_gets_the_volume_and_returns_a_label_volume(

@@ -13,8 +13,8 @@ from sqlalchemy.engine import make_url
 from db import jobs as repo
 from db.engine import make_sync_engine
 from medparse.settings import Settings
-from tests.conftest import _admin_conninfo
 from tests.factories import new_tenant
+from tests.support.throwaway import admin_conninfo as _admin_conninfo
 
 TENANT_TABLES = (
     "jobs", "job_inputs", "job_masks", "idempotency_keys", "job_medical", "webhook_endpoints",

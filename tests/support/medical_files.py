@@ -81,6 +81,49 @@ def multiframe_ct(frames: int = 3) -> bytes:
     return _write(ds)
 
 
+def multiframe_ct_geometry(frames: int = 3, *, geometry: str) -> bytes:
+    """``multiframe_ct`` with its geometry moved or removed (``ImagePositionPatient`` [-158.1, -179.0, -75.7],
+    axial orientation, ``PixelSpacing`` 0.661468, slices 5 mm apart in the legacy original).
+
+    ``shared``: only ``SharedFunctionalGroupsSequence`` (one plane position, orientation, pixel measures
+    with ``SpacingBetweenSlices`` 2.5), no top-level geometry. ``per-frame``: per-frame plane positions
+    3 mm apart along +z plus shared orientation/measures. ``no-spacing``: legacy position and orientation
+    but no ``SpacingBetweenSlices``/``SliceThickness``. ``none``: no position, orientation or spacing at all.
+    """
+    ds = pydicom.dcmread(io.BytesIO(multiframe_ct(frames)))
+    position, orientation = list(ds.ImagePositionPatient), list(ds.ImageOrientationPatient)
+    spacing = list(ds.PixelSpacing)
+    drop = {"shared": ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SpacingBetweenSlices",
+                       "SliceThickness"),
+            "no-spacing": ("SpacingBetweenSlices", "SliceThickness")}.get(geometry, ())
+    if geometry in ("per-frame", "none"):
+        drop = ("ImagePositionPatient", "ImageOrientationPatient", "SpacingBetweenSlices", "SliceThickness")
+        drop += ("PixelSpacing",) if geometry == "none" else ()
+    for name in drop:
+        delattr(ds, name)
+
+    def item(**attributes: object) -> pydicom.Dataset:
+        inner = pydicom.Dataset()
+        for name, value in attributes.items():
+            setattr(inner, name, value)
+        return inner
+
+    if geometry in ("shared", "per-frame"):
+        shared = item(
+            PlaneOrientationSequence=[item(ImageOrientationPatient=orientation)],
+            PixelMeasuresSequence=[item(PixelSpacing=spacing, SpacingBetweenSlices=2.5, SliceThickness=2.5)],
+        )
+        if geometry == "shared":
+            shared.PlanePositionSequence = [item(ImagePositionPatient=position)]
+        ds.SharedFunctionalGroupsSequence = [shared]
+    if geometry == "per-frame":
+        ds.PerFrameFunctionalGroupsSequence = [
+            item(PlanePositionSequence=[item(ImagePositionPatient=[position[0], position[1], position[2] + 3 * f])])
+            for f in range(frames)
+        ]
+    return _write(ds)
+
+
 def reencoded_ct(syntax: str) -> bytes:
     """CT_small compressed with an installed encoder (``jpeg2000`` via openjpeg, ``rle`` via pylibjpeg-rle)."""
     ds = _dataset("CT_small.dcm")

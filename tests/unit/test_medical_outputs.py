@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from medparse import masks
-from medparse.medical import dicom, nifti, volumes
+from medparse.medical import dicom, geometry, nifti, volumes
 from medparse.outputs import archive, overlay, rle
 from medparse.outputs.dicom_seg import dicom_seg_bytes
 from tests.support import medical_files as mf
@@ -120,6 +120,31 @@ def test_dicom_seg_references_the_source_instance_from_the_stored_header_alone()
     assert referenced.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     frames = seg.pixel_array.reshape(-1, 64, 64)
     assert frames.shape[0] == 2 and np.array_equal(frames[0], mask[0]) and not frames[1].any()
+
+
+def test_dicom_geometry_gives_a_ras_affine_over_columns_rows_frames() -> None:
+    ds = pydicom.Dataset()
+    ds.NumberOfFrames = 4
+    ds.ImagePositionPatient = [10.0, -20.0, 30.0]
+    ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]  # sagittal: columns along +y (A->P), rows along -z
+    ds.PixelSpacing = [0.5, 0.8]  # between rows, between columns
+    ds.SliceThickness = 2.0
+    found = geometry.frame_geometry(ds)
+    assert found.source == "image-plane-module" and found.details["slice_spacing"] == "SliceThickness (top level)"
+    affine = found.nifti_affine()
+    lps_to_ras = np.array([-1.0, -1.0, 1.0])
+    assert np.allclose(affine[:3, 0], lps_to_ras * [0.0, 0.8, 0.0])  # i = column: row direction x PixelSpacing[1]
+    assert np.allclose(affine[:3, 1], lps_to_ras * [0.0, 0.0, -0.5])  # j = row: column direction x PixelSpacing[0]
+    assert np.allclose(affine[:3, 2], lps_to_ras * [-2.0, 0.0, 0.0])  # k = frame: along the normal, row x column = -x
+    assert np.allclose(affine[:3, 3], [-10.0, 20.0, 30.0])
+    assert found.positions is not None and np.allclose(found.positions[3], [4.0, -20.0, 30.0])
+
+    ds.SpacingBetweenSlices = 3.0  # preferred over SliceThickness
+    assert np.allclose(geometry.frame_geometry(ds).nifti_affine()[:3, 2], [3.0, 0.0, 0.0])
+    del ds.ImageOrientationPatient
+    bare = geometry.frame_geometry(ds)
+    assert bare.source == "unknown" and bare.details["missing"] == ["ImageOrientationPatient"]
+    assert np.allclose(bare.nifti_affine(), np.diag([0.8, 0.5, 3.0, 1.0]))  # spacing only
 
 
 def test_npz_archives_carry_provenance_without_pickles() -> None:
