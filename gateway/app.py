@@ -11,6 +11,7 @@ from db.engine import make_async_engine
 from gateway.auth import AuthCache
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
+from gateway.idempotency import idempotency_middleware
 from gateway.keys import AUTH_CACHE, ENGINE, EVENTS, NUDGER, QUEUED_GAUGE, RATE_LIMITER, SETTINGS
 from gateway.middleware import auth_middleware, problems_middleware
 from gateway.ratelimit import RateLimiter
@@ -56,7 +57,7 @@ def create_app(settings: Settings) -> web.Application:
     # counted by our own reader as they stream in.
     app = web.Application(
         client_max_size=settings.max_body_bytes + 64 * 1024,
-        middlewares=[problems_middleware, auth_middleware],
+        middlewares=[problems_middleware, auth_middleware, idempotency_middleware],
     )
     app[SETTINGS] = settings
     app[AUTH_CACHE] = AuthCache(settings.auth_cache_ttl_s)

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db import idempotency as repo
+from gateway.auth import PRINCIPAL
+from gateway.keys import ENGINE, SETTINGS
 from gateway.problems import ApiProblem, field_error
 from gateway.tenancy import scope_to_tenant, tenant_transaction
 from medparse.settings import Settings
@@ -124,3 +127,40 @@ async def release(engine: AsyncEngine, reservation: Reservation) -> None:
     """The request failed: forget the key so the client may retry with it."""
     async with tenant_transaction(engine, reservation.tenant_id) as conn:
         await conn.execute(repo.release_stmt(reservation.tenant_id, reservation.key))
+
+
+#: POST routes whose answer carries a secret (a new API key, a rotated webhook secret): storing it
+#: for replay would keep the secret in the clear, so an Idempotency-Key is refused there instead.
+NOT_REPLAYABLE_ROUTES = frozenset({"admin_create_key", "rotate_default_webhook_secret", "rotate_webhook_secret"})
+#: Routes that handle the key inside their own transaction (the job and its record commit together).
+SELF_MANAGED_ROUTES = frozenset({"create_job"})
+
+
+@web.middleware
+async def idempotency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Idempotency-Key for every POST of the API: the first 2xx answer is stored and replayed."""
+    route = request.match_info.route.name
+    if request.method != "POST" or not request.path.startswith("/v1/") or route in SELF_MANAGED_ROUTES:
+        return await handler(request)
+    key = key_from(request)
+    if key is None:
+        return await handler(request)
+    if route in NOT_REPLAYABLE_ROUTES:
+        raise field_error(HEADER, "not accepted here: the answer holds a secret that is never stored", status=400)
+    engine, who = request.app[ENGINE], request[PRINCIPAL]
+    body = await request.read()  # aiohttp keeps it for the handler
+    outcome = await reserve(
+        engine, request.app[SETTINGS], who.tenant_id, key, fingerprint("POST", request.path, body)
+    )
+    if isinstance(outcome, StoredResponse):
+        return outcome.to_response()
+    try:
+        response = await handler(request)
+    except BaseException:
+        await release(engine, outcome)
+        raise
+    if isinstance(response, web.Response) and 200 <= response.status < 300:
+        await complete(engine, outcome, response)
+    else:
+        await release(engine, outcome)  # an error is not an answer worth replaying: the key is free again
+    return response

@@ -190,3 +190,27 @@ async def test_usage_counts_the_tenants_jobs_and_prompts_only(api: TestClient, p
     assert empty["images"] == 0 and empty["jobs"] == {}
     backwards = await api.get("/v1/usage", params={"from": window["to"], "to": window["from"]}, headers=auth(key))
     assert backwards.status == 400
+
+
+async def test_other_posts_replay_under_an_idempotency_key(api: TestClient, pg_settings: Settings) -> None:
+    _, key = new_tenant(pg_settings)
+    job = await (await api.post("/v1/jobs", json=job_body(), headers=auth(key))).json()
+    headers = auth(key, **{"Idempotency-Key": "cancel-1"})
+    first = await api.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    again = await api.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)
+    assert first.status == again.status == 200  # without the key the second cancel would be 409
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await first.json() == await again.json()
+    other_job = await (await api.post("/v1/jobs", json=job_body(2), headers=auth(key))).json()
+    reused = await api.post(f"/v1/jobs/{other_job['id']}/cancel", headers=headers)
+    assert reused.status == 422 and (await reused.json())["code"] == "idempotency_key_reused"
+
+
+async def test_an_idempotency_key_is_refused_where_the_answer_holds_a_secret(
+    api: TestClient, pg_settings: Settings
+) -> None:
+    tenant_id, admin = create_tenant(pg_settings, random_name("ops"), scopes=["admin"])
+    resp = await api.post(
+        f"/v1/admin/tenants/{tenant_id}/keys", json={}, headers=auth(admin, **{"Idempotency-Key": "k"})
+    )
+    assert resp.status == 400 and (await resp.json())["fields"][0]["field"] == "Idempotency-Key"
