@@ -25,7 +25,7 @@ from tests.chaos.servers import PrivatePostgres, PrivateRedis
 from tests.factories import new_tenant
 from tests.support.webhook_receiver import Receiver, running_receiver
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
 
 @pytest.fixture
