@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from db import jobs as repo
 from db.status import CANCELABLE, JobStatus, is_terminal
 from gateway import idempotency, medical
 from gateway.auth import Principal
+from gateway.cursors import decode_cursor, encode_cursor
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
 from gateway.problems import ApiProblem, field_error, not_found
@@ -262,21 +262,6 @@ async def wait_for_job(
     return job
 
 
-def encode_cursor(job: JobPublic) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, _, job_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-        when = datetime.fromisoformat(created)
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError):
-        raise field_error("cursor", "not a cursor returned by this API", status=400) from None
-
-
 async def list_jobs(
     engine: AsyncEngine,
     tenant_id: uuid.UUID,
@@ -291,7 +276,7 @@ async def list_jobs(
         rows = list((await conn.execute(stmt)).mappings())
     # List items carry no result; fetch the job itself for its masks.
     jobs = [to_public(r, None) for r in rows[:limit]]
-    next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit and jobs else None
+    next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit and jobs else None
     return jobs, next_cursor
 
 

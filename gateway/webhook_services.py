@@ -3,7 +3,6 @@ endpoint or delivery answers exactly like a missing one (404)."""
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -13,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db import jobs as jobs_repo
 from db import webhooks as repo
+from gateway.cursors import decode_cursor, encode_cursor
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.tenancy import tenant_transaction
 from gateway.webhook_schemas import (
@@ -209,21 +209,6 @@ async def rotate_default_secret(engine: AsyncEngine, settings: Settings, tenant_
 
 # --- deliveries ----------------------------------------------------------------------------------
 
-def encode_cursor(delivery: DeliveryPublic) -> str:
-    raw = f"{delivery.created_at.isoformat()}|{delivery.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, _, delivery_id = base64.urlsafe_b64decode(padded).decode().partition("|")
-        when = datetime.fromisoformat(created)
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)), uuid.UUID(delivery_id)
-    except (ValueError, UnicodeDecodeError):
-        raise field_error("cursor", "not a cursor returned by this API", status=400) from None
-
-
 async def _with_attempts(conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]]) -> list[DeliveryPublic]:
     by_delivery: dict[uuid.UUID, list[Any]] = {r["id"]: [] for r in rows}
     if rows:
@@ -254,7 +239,8 @@ async def list_deliveries(
         )
         rows = list((await conn.execute(stmt)).mappings())
         deliveries = await _with_attempts(conn, rows[:limit])
-    next_cursor = encode_cursor(deliveries[-1]) if len(rows) > limit and deliveries else None
+    last = deliveries[-1] if len(rows) > limit and deliveries else None
+    next_cursor = encode_cursor(last.created_at, last.id) if last is not None else None
     return deliveries, next_cursor
 
 

@@ -11,7 +11,8 @@ from medparse.queue import celery_config
 from medparse.settings import Settings
 from workers.context import ContextHolder
 from workers.dispatcher import Dispatcher
-from workers.sweeper import SweeperThread
+from workers.periodic import PeriodicThread
+from workers.sweeper import sweep_once
 from workers.tasks import register_tasks
 from workers.webhook_tasks import register_webhooks
 
@@ -28,7 +29,7 @@ def make_celery(settings: Settings, *, sweeper: bool = True) -> Celery:
     register_webhooks(app, holder, settings, dispatcher=sweeper)
     if sweeper:
         dispatcher = Dispatcher(holder.get)
-        thread = SweeperThread(holder.get, settings.sweep_interval_s)
+        thread = PeriodicThread("sweeper", settings.sweep_interval_s, lambda: sweep_once(holder.get()))
 
         @signals.worker_ready.connect(weak=False)
         def _start_background(**_: Any) -> None:

@@ -11,7 +11,6 @@ Several workers may sweep at once: each change is a compare-and-set, so they nev
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -88,18 +87,3 @@ def sweep_once(ctx: WorkerContext) -> SweepReport:
             len(report.republished), len(report.requeued), len(report.exhausted),
         )
     return report
-
-
-class SweeperThread(threading.Thread):
-    def __init__(self, get_context: object, interval_s: float) -> None:
-        super().__init__(name="sweeper", daemon=True)
-        self._get_context = get_context
-        self._interval_s = interval_s
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self._interval_s):
-            try:
-                sweep_once(self._get_context())  # type: ignore[operator]
-            except Exception as exc:  # database or broker briefly away: try again next round
-                log.warning("sweep failed: %s", type(exc).__name__)

@@ -13,7 +13,6 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +23,7 @@ from db import webhooks as repo
 from medparse.settings import Settings
 from medparse.webhooks.sender import WebhookSender
 from workers.context import ContextHolder, WorkerContext
+from workers.periodic import PeriodicThread
 from workers.webhook_delivery import deliver
 
 log = logging.getLogger(__name__)
@@ -70,21 +70,6 @@ def publish_due(ctx: WorkerContext, now: datetime | None = None) -> list[str]:
     return published
 
 
-class WebhookDispatcherThread(threading.Thread):
-    def __init__(self, get_context: Callable[[], WorkerContext], interval_s: float) -> None:
-        super().__init__(name="webhook-dispatcher", daemon=True)
-        self._get_context = get_context
-        self._interval_s = interval_s
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.wait(self._interval_s):
-            try:
-                publish_due(self._get_context())
-            except Exception as exc:  # database or broker briefly away: try again next round
-                log.warning("webhook dispatch failed: %s", type(exc).__name__)
-
-
 def register_webhooks(app: Celery, holder: ContextHolder, settings: Settings, *, dispatcher: bool = True) -> None:
     """The ``webhooks.deliver`` task, its queue (consumed by every worker) and the dispatcher thread."""
     queues = list(app.conf.task_queues or [Queue(app.conf.task_default_queue)])
@@ -106,7 +91,9 @@ def register_webhooks(app: Celery, holder: ContextHolder, settings: Settings, *,
         return deliver(ctx.engine, senders.get(), ctx.settings, parsed)
 
     if dispatcher:
-        thread = WebhookDispatcherThread(holder.get, settings.webhook_dispatch_interval_s)
+        thread = PeriodicThread(
+            "webhook-dispatcher", settings.webhook_dispatch_interval_s, lambda: publish_due(holder.get())
+        )
 
         @signals.worker_ready.connect(weak=False)
         def _start_dispatcher(**_: Any) -> None:

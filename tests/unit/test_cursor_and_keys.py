@@ -2,7 +2,8 @@ import uuid
 from datetime import UTC, datetime
 
 from db.tenants import hash_secret, new_api_key, parse_api_key, secret_matches
-from gateway.services import decode_cursor, encode_cursor, to_public
+from gateway.cursors import decode_cursor, encode_cursor
+from gateway.services import to_public
 
 
 def _row(created: datetime) -> dict[str, object]:
@@ -17,7 +18,7 @@ def _row(created: datetime) -> dict[str, object]:
 
 def test_cursor_round_trips_created_at_and_id() -> None:
     job = to_public(_row(datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)), None)
-    assert decode_cursor(encode_cursor(job)) == (job.created_at, job.id)
+    assert decode_cursor(encode_cursor(job.created_at, job.id)) == (job.created_at, job.id)
 
 
 def test_naive_sqlite_timestamps_are_reported_as_utc() -> None:
