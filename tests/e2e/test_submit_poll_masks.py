@@ -68,6 +68,12 @@ def test_postgres_redis_worker_and_emulator_end_to_end(pg_settings: Settings, tm
         pg_settings, emulator, emulator_key, tmp_path
     ) as base:
         _submit_and_check(base, key)
+    # No secret or image byte reached any process's log (all three logged at INFO meanwhile).
+    logs = b"".join(p.read_bytes() for p in tmp_path.glob("*.log"))
+    assert b"endpoint call ok" in logs  # the logs are really there
+    secret_part = key.rsplit("_", 1)[1].encode()
+    for canary in (secret_part, emulator_key.encode(), b"Bearer ", b"whsec_", b"\x89PNG", b"iVBORw0KGgo"):
+        assert canary not in logs, canary
 
 
 def test_embedded_default_end_to_end(embedded_settings: Settings, tmp_path: Path) -> None:
