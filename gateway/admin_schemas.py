@@ -9,16 +9,18 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Scope = Literal["jobs:read", "jobs:write", "admin"]
+#: The quota columns are 32-bit integers; larger values are a 422, not a database error.
+INT32_MAX = 2**31 - 1
 
 
 class TenantQuotasPatch(BaseModel):
     """Quota overrides; ``null`` puts a quota back to the deployment default."""
 
     model_config = ConfigDict(extra="forbid")
-    rate_limit_rps: Annotated[float, Field(gt=0)] | None = None
-    max_queued_jobs: Annotated[int, Field(ge=0)] | None = None
-    max_running_jobs: Annotated[int, Field(ge=1)] | None = None
-    max_image_bytes: Annotated[int, Field(ge=1)] | None = None
+    rate_limit_rps: Annotated[float, Field(gt=0, le=1e9)] | None = None
+    max_queued_jobs: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    max_running_jobs: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    max_image_bytes: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
 
 
 class TenantCreate(TenantQuotasPatch):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import orjson
 import pybase64
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from gateway.problems import ApiProblem, field_error
@@ -191,6 +192,8 @@ async def parse_submission(request: web.Request, settings: Settings) -> JobSubmi
             return await parse_multipart_submission(request, settings)
     except UnicodeDecodeError:
         raise field_error("prompts", "must be UTF-8 text", status=400) from None
+    except HttpProcessingError as exc:  # e.g. a form part with an invalid header
+        raise ApiProblem(400, "malformed_multipart", f"a form part could not be read: {exc.message}") from None
     raise ApiProblem(
         415,
         "unsupported_media_type",
