@@ -17,7 +17,7 @@ class TenantQuotasPatch(BaseModel):
     """Quota overrides; ``null`` puts a quota back to the deployment default."""
 
     model_config = ConfigDict(extra="forbid")
-    rate_limit_rps: Annotated[float, Field(gt=0, le=1e9)] | None = None
+    rate_limit_rps: Annotated[float, Field(ge=0.01, le=1e6)] | None = None
     max_queued_jobs: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     max_running_jobs: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     max_image_bytes: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None

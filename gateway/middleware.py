@@ -7,7 +7,8 @@ import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from gateway.auth import PRINCIPAL, authenticate
@@ -16,6 +17,11 @@ from gateway.problems import ApiProblem, problem_response
 from gateway.ratelimit import retry_after_header
 
 log = logging.getLogger(__name__)
+
+#: Errors meaning the database or Redis is unreachable right now (not a bug): answered 503.
+BACKING_SERVICE_DOWN = (
+    OperationalError, InterfaceError, ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError
+)
 
 HTTP_CODES = {
     400: "bad_request",
@@ -38,7 +44,7 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
         code = HTTP_CODES.get(exc.status, f"http_{exc.status}")
         detail = exc.reason if exc.status != 413 else f"request body larger than {request.app._client_max_size} bytes"
         return problem_response(ApiProblem(exc.status, code, detail), request.path)
-    except (OperationalError, InterfaceError, ConnectionError, TimeoutError, RedisError) as exc:
+    except BACKING_SERVICE_DOWN as exc:
         # The database or Redis is briefly away (restart, failover): retryable, and with the same
         # Idempotency-Key a retry can never create a second job.
         log.warning("dependency unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)

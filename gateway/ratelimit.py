@@ -35,10 +35,11 @@ if tokens >= 1 then
   tokens = tokens - 1
   allowed = 1
 else
-  retry_ms = math.ceil((1 - tokens) / rate * 1000)
+  retry_ms = math.min(86400000, math.ceil((1 - tokens) / rate * 1000))
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+-- A full bucket is the same as no bucket: keep it until it would be full again (at most a day).
+redis.call('PEXPIRE', KEYS[1], math.min(86400000, math.ceil(burst / rate * 1000) + 1000))
 return {allowed, retry_ms}
 """
 

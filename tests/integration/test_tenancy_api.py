@@ -214,3 +214,12 @@ async def test_an_idempotency_key_is_refused_where_the_answer_holds_a_secret(
         f"/v1/admin/tenants/{tenant_id}/keys", json={}, headers=auth(admin, **{"Idempotency-Key": "k"})
     )
     assert resp.status == 400 and (await resp.json())["fields"][0]["field"] == "Idempotency-Key"
+
+
+async def test_the_slowest_allowed_rate_still_answers_429_not_an_error(api: TestClient, pg_settings: Settings) -> None:
+    tenant_id, key = new_tenant(pg_settings)
+    set_quotas(pg_settings, tenant_id, rate_limit_rps=0.01)  # one request per 100 s, burst 1 (regression: 503)
+    statuses = [(await api.get("/v1/jobs", headers=auth(key))).status for _ in range(3)]
+    assert statuses[0] == 200 and statuses[1:] == [429, 429]
+    resp = await api.get("/v1/jobs", headers=auth(key))
+    assert 1 <= int(resp.headers["Retry-After"]) <= 100
