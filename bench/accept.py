@@ -53,8 +53,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,8 +60,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.conftest import free_port  # noqa: E402
+from tests.e2e.processes import stop, wait_http  # noqa: E402
+from tests.support.throwaway import PG_ADMIN_URL, REDIS_URL  # noqa: E402
+
 PROMPTS = "liver & kidney"
 BASELINE_TABLE = "bench_baseline_jobs"
 TARGET_JOBS_S = 1000.0
@@ -469,34 +472,9 @@ def serve_baseline(args: argparse.Namespace) -> None:
 
 # --- orchestration helpers -----------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before {url} came up")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up in {seconds} s")
-
-
 def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    if proc is not None:
+        stop(proc, timeout)
 
 
 def smoke_post(port: int, request: bytes) -> tuple[int, bytes]:
@@ -874,7 +852,7 @@ class Benchmark:
             proc = subprocess.Popen(cmd, env={**self.env, "MEDPARSE_PORT": str(port)}, cwd=REPO, stdout=log,
                                     stderr=subprocess.STDOUT)
         self.servers.append(proc)
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         status, reply = smoke_post(port, raw_request(port, self.keys[0], self.body, self.ctype))
         print(f"{name} pid {proc.pid} on :{port}; smoke POST -> {status} {reply[:120].decode(errors='replace')}")
         if status != 202:

@@ -49,7 +49,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -73,6 +72,8 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from psycopg.types.json import Json  # noqa: E402
 
+from tests.conftest import free_port  # noqa: E402
+from tests.e2e.processes import stop, wait_http  # noqa: E402
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
 
 PROMPT = "liver"
@@ -89,12 +90,6 @@ POLL_S = 0.25
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
@@ -140,29 +135,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
             [sys.executable, "-m", "medparse.cli", *args], env=env, cwd=REPO,
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} came up")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up in {seconds} s")
 
 
 class Procs:
@@ -507,7 +479,7 @@ class Env:
 def start_gateway(procs: Procs, env: dict[str, str], log: str) -> str:
     gateway = procs.start(["serve"], env, log)
     base = f"http://127.0.0.1:{env['MEDPARSE_PORT']}"
-    wait_http(f"{base}/healthz", gateway)
+    wait_http(f"{base}/healthz", seconds=STARTUP_TIMEOUT_S, proc=gateway)
     return base
 
 
@@ -613,7 +585,7 @@ def run(args: argparse.Namespace) -> int:
                     child_env(MEDPARSE_EMULATOR_KEY=emulator_key, MEDPARSE_LOG_LEVEL="WARNING"), "emulator.log",
                 )
                 envs = Env(db_url, conninfo, settings.data_dir, f"http://127.0.0.1:{emu_port}", emulator_key)
-                wait_http(f"{envs.emulator_url}/", emulator)
+                wait_http(f"{envs.emulator_url}/", seconds=STARTUP_TIMEOUT_S, proc=emulator)
                 fair, note, via_bulk = fair_phase(args, procs, envs, namespace, tenants, image, body, ctype)
                 fifo = None
                 if not args.no_fifo:

@@ -36,7 +36,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.conftest import free_port  # noqa: E402
+from tests.e2e.processes import stop, wait_http  # noqa: E402
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
 
 PROMPTS = "liver & kidney"
@@ -65,12 +66,6 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def pct(values: list[float], q: float) -> float:
     """Percentile by linear interpolation (numpy's default), q in 0..100."""
@@ -113,29 +108,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = STARTUP_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} came up")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up in {seconds} s")
-
-
 @contextlib.contextmanager
 def processes(env: dict[str, str], tmp: Path, latency_ms: float, keep_logs: bool) -> Iterator[dict[str, object]]:
     """Emulator, gateway and one worker; yields their URLs and Popen objects."""
@@ -149,7 +121,7 @@ def processes(env: dict[str, str], tmp: Path, latency_ms: float, keep_logs: bool
         )
         procs.append(emulator)
         emulator_url = f"http://127.0.0.1:{emu_port}"
-        wait_http(f"{emulator_url}/", emulator)
+        wait_http(f"{emulator_url}/", seconds=STARTUP_TIMEOUT_S, proc=emulator)
         service_env = {
             **env,
             "MEDPARSE_PORT": str(gw_port),
@@ -160,7 +132,7 @@ def processes(env: dict[str, str], tmp: Path, latency_ms: float, keep_logs: bool
         worker = start(["worker", "--concurrency", "2"], service_env, tmp / "worker.log")
         procs.append(worker)
         gateway_url = f"http://127.0.0.1:{gw_port}"
-        wait_http(f"{gateway_url}/healthz", gateway)
+        wait_http(f"{gateway_url}/healthz", seconds=STARTUP_TIMEOUT_S, proc=gateway)
         yield {"emulator": emulator_url, "gateway": gateway_url, "pids": {
             "emulator": emulator.pid, "gateway": gateway.pid, "worker": worker.pid}, "procs": procs}
     finally:

@@ -37,8 +37,6 @@ import argparse
 import contextlib
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +57,9 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+
+from tests.conftest import free_port  # noqa: E402
+from tests.e2e.processes import stop, wait_http  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -82,12 +83,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 # --- processes ------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPARSE_")}
     env["PYTHONPATH"] = str(REPO)
@@ -106,29 +101,6 @@ def start(args: list[str], env: dict[str, str], log: Path, nice: int = 0) -> sub
         )
     finally:
         handle.close()
-
-
-def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = START_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} came up")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up in {seconds} s")
 
 
 def cpu_ticks(pid: int) -> int:
@@ -325,13 +297,13 @@ class Bench:
             nice=self.args.emulator_nice,
         )
         self.emulator_url = f"http://127.0.0.1:{port}"
-        wait_http(f"{self.emulator_url}/", self.procs["emulator"])
+        wait_http(f"{self.emulator_url}/", seconds=START_TIMEOUT_S, proc=self.procs["emulator"])
 
         port = free_port()
         self.procs["gateway"] = start(["serve"], self.service_env(MEDPARSE_PORT=str(port)), self.tmp / "gateway.log",
                                       nice=self.args.nice)
         self.gateway_url = f"http://127.0.0.1:{port}"
-        wait_http(f"{self.gateway_url}/healthz", self.procs["gateway"])
+        wait_http(f"{self.gateway_url}/healthz", seconds=START_TIMEOUT_S, proc=self.procs["gateway"])
 
     def teardown(self) -> None:
         for proc in self.procs.values():
@@ -555,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run the backlog with this global cap (> 8) against the same capacity-8 emulator")
     parser.add_argument("--max-phase-s", type=float, default=90.0, help="bound on one phase's drain")
     parser.add_argument("--wait-quiet", type=float, default=10.0,
-                        help=f"before each phase wait up to this many s for the machine to be < {QUIET_BUSY:.0%} busy")
+                        help=f"before each phase wait up to this many s for the machine to be"
+                             f" < {QUIET_BUSY * 100:.0f}%% busy")
     parser.add_argument("--emulator-nice", type=int, default=-10,
                         help="nice value of the emulator: it stands for a remote GPU box, not a neighbour of the "
                              "workers, so it should not lose the CPU to them (0 = inherit)")

@@ -93,11 +93,6 @@ def count_queued_stmt(tenant_id: uuid.UUID) -> Select[Any]:
     return select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued.value)
 
 
-def select_job_any_tenant(job_id: uuid.UUID) -> Select[Any]:
-    """For workers, which act on ids the system itself handed them."""
-    return select(*JOB_COLUMNS).where(Job.id == job_id)
-
-
 def select_mask_summaries(job_id: uuid.UUID) -> Select[Any]:
     return select(*MASK_SUMMARY_COLUMNS).where(JobMask.job_id == job_id).order_by(JobMask.index)
 
@@ -213,10 +208,6 @@ def purge_finished_stmt(*, completed_before: datetime, limit: int) -> Any:
 
 def insert_masks_stmt(rows: list[dict[str, Any]]) -> Any:
     return insert(JobMask).values(rows)
-
-
-def delete_masks_stmt(job_id: uuid.UUID) -> Any:
-    return delete(JobMask).where(JobMask.job_id == job_id)
 
 
 def expired_leases_stmt(*, now: datetime, limit: int) -> Select[Any]:

@@ -26,7 +26,7 @@ class JobStatus(StrEnum):
 TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
     # queued -> failed: the sweeper gives up on a job that used all its attempts.
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.failed}),
-    # running -> queued: the lease expired (worker died) or the worker handed the job back on shutdown.
+    # running -> queued: the lease expired (the worker died); the sweeper re-queues the job.
     JobStatus.running: frozenset(
         {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.queued}
     ),

@@ -67,12 +67,6 @@ def select_endpoint(tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> Select[Any]
     return select(*ENDPOINT_COLUMNS).where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant_id)
 
 
-def select_endpoint_secret(tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> Select[Any]:
-    return select(WebhookEndpoint.secret).where(
-        WebhookEndpoint.id == endpoint_id, WebhookEndpoint.tenant_id == tenant_id
-    )
-
-
 def update_endpoint_stmt(tenant_id: uuid.UUID, endpoint_id: uuid.UUID, **values: Any) -> Update:
     return (
         update(WebhookEndpoint)

@@ -9,7 +9,6 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 
-import orjson
 import pybase64
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -199,7 +198,3 @@ async def parse_submission(request: web.Request, settings: Settings) -> JobSubmi
         "unsupported_media_type",
         "send multipart/form-data (image, prompts, options) or application/json",
     )
-
-
-def dumps(obj: object) -> bytes:
-    return orjson.dumps(obj)

@@ -1,15 +1,13 @@
-"""Celery configuration shared by the gateway (which only publishes) and the workers.
+"""Celery configuration of the workers (which also publish: the fair dispatcher and webhooks).
 
-The broker is a delivery hint, never the record: Postgres holds every job, and a sweeper
-re-publishes jobs the broker lost. Messages carry the job id only.
+The broker is a delivery hint, never the record: Postgres holds every job, and the sweeper hands
+jobs the broker lost back to the dispatcher. Messages carry the job id only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from celery import Celery
 
 from medparse.settings import Settings
 
@@ -63,10 +61,3 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     common.update(broker_url=settings.redis_url, broker_transport_options=transport_options)
     return common
-
-
-def make_publisher_app(settings: Settings) -> Celery:
-    """A Celery app that only publishes ``segmentation.run`` by name (the gateway's side)."""
-    app = Celery("medparse-gateway", set_as_current=False)
-    app.conf.update(celery_config(settings))
-    return app

@@ -260,4 +260,4 @@ def secret_value(secret: SecretStr | None) -> str | None:
     return secret.get_secret_value() if secret is not None else None
 
 
-__all__ = ["EndpointAuthMode", "Settings", "Field", "masked_url", "secret_value", "to_async_url", "to_sync_url"]
+__all__ = ["EndpointAuthMode", "Settings", "masked_url", "secret_value", "to_async_url", "to_sync_url"]

@@ -195,14 +195,14 @@ class Dispatcher:
         assert ctx.settings.redis_url is not None
         while not self._stopped.is_set():
             try:
-                client = redis.Redis.from_url(ctx.settings.redis_url)
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(dispatch_channel(ctx.settings))
-                while not self._stopped.is_set():
-                    if pubsub.get_message(timeout=0.5) is not None:
-                        self._wake.set()
-                pubsub.close()
-                client.close()
+                # The client and its pub/sub connection close on every exit, also after an error.
+                with redis.Redis.from_url(ctx.settings.redis_url) as client, client.pubsub(
+                    ignore_subscribe_messages=True
+                ) as pubsub:
+                    pubsub.subscribe(dispatch_channel(ctx.settings))
+                    while not self._stopped.is_set():
+                        if pubsub.get_message(timeout=0.5) is not None:
+                            self._wake.set()
             except redis.RedisError as exc:
                 log.warning("dispatch listener lost redis (%s); retrying", type(exc).__name__)
                 self._stopped.wait(1.0)

@@ -113,21 +113,6 @@ def fail(
     return True
 
 
-def release(engine: Engine, claimed: Claim) -> bool:
-    """running -> queued (graceful shutdown): another worker picks the job up at once."""
-    now = utcnow()
-    stmt = repo.transition_stmt(
-        claimed.job_id, JobStatus.running, JobStatus.queued, now=now, attempt=claimed.attempt,
-        lease_expires_at=None, dispatched_at=None,
-    )
-    try:
-        with engine.begin() as conn:
-            repo.transition_sync(conn, stmt)
-    except repo.StaleTransition:
-        return False
-    return True
-
-
 class LeaseKeeper:
     """Extends the job's lease every ``interval_s`` while the work runs (a heartbeat)."""
 

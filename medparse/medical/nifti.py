@@ -226,12 +226,3 @@ def _header_from_blob(blob: bytes | None) -> nib.Nifti1Header | nib.Nifti2Header
 def header_blob(image: AnyNifti) -> bytes:
     """The input's header bytes, stored so the label volume can carry the same geometry and metadata."""
     return bytes(image.header.binaryblock)
-
-
-def read_nifti_bytes(blob: bytes) -> AnyNifti:
-    """A .nii or .nii.gz from bytes (for tests and the 3-D response); the caller bounds the size."""
-    raw = gzip.decompress(blob) if blob.startswith(GZIP_MAGIC) else blob
-    kind = nifti_header_kind(raw[:NIFTI2_HEADER_SIZE])
-    klass = nib.Nifti2Image if kind is not None and kind[0] == 2 else nib.Nifti1Image
-    with quiet():
-        return klass.from_bytes(raw)
