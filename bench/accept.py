@@ -6,9 +6,10 @@ What it does, all on 127.0.0.1:
 - creates a throwaway database ``medparse_bench_<random>`` (dropped at the end, also on failure or
   SIGTERM), migrates it, creates ``--tenants`` tenants with an API key each, and uses a random Redis
   namespace whose keys are deleted at the end;
-- starts the real gateway (``python -m medparse.cli serve``, or ``--gateway-cmd``) as a subprocess,
-  no worker, with the per-tenant rate and queue limits lifted (capacity, not policy, is measured;
-  ``--default-quotas`` keeps them and counts the 429s as non-202);
+- starts the real gateway (``python -m medparse.cli serve``: one process per core by default, or
+  ``--gateway-cmd``) as a subprocess, no worker, with the per-tenant rate and queue limits lifted
+  (capacity, not policy, is measured; ``--default-quotas`` keeps them and counts the 429s as
+  non-202; ``--gateway-env`` adds settings);
 - loads ``POST /v1/jobs`` (multipart: a ~40 kB grayscale PNG + ``prompts=liver & kidney``) from a
   separate load-generator process: (a) closed loop with ``--connections`` keep-alive connections for
   the maximum rate, (b) if that maximum reaches it, an open-loop paced ``--rate`` (latency counted
@@ -511,9 +512,11 @@ def cpu_snapshot(roles: dict[int, str], dbname: str = "") -> CpuSnapshot:
                 stat = f.read().decode("latin-1")
             comm = stat[stat.index("(") + 1:stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2:].split()
-            pid = int(entry)
+            pid, ppid = int(entry), int(fields[1])
             if pid in roles:
                 role = roles[pid]
+            elif ppid in roles:  # a gateway started with several processes: its children serve
+                role = roles[ppid]
             elif comm.startswith("postgres"):
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     cmdline = f.read().decode("latin-1")
@@ -813,6 +816,7 @@ class Benchmark:
         if not args.default_quotas:
             # Capacity, not policy, is measured: lift the per-tenant request rate and queue caps.
             self.env.update(QUOTA_ENV)
+        self.env.update(dict(item.split("=", 1) for item in args.gateway_env))
         print(f"database {self.dbname}, redis namespace {self.namespace}")
         print(f"upload: 256x256 8-bit grayscale PNG, {len(png):,} bytes (noise sigma {sigma:.1f}); "
               f"multipart body {len(self.body):,} bytes; prompts {PROMPTS!r}")
@@ -1057,6 +1061,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gateway-cmd", default=None,
                    help="command line that starts the gateway instead of 'python -m medparse.cli serve' "
                         "(same MEDPARSE_* environment), e.g. to try a patched build")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="MEDPARSE_X=VALUE",
+                   help="extra setting for the gateway (repeatable), e.g. MEDPARSE_SUBMIT_BATCH_CONCURRENCY=1")
     p.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     p.add_argument("--redis-url", default=REDIS_URL)
     # internal: the baseline server

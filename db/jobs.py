@@ -13,12 +13,27 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import LargeBinary, Select, Table, Update, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    LargeBinary,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import Job, JobInput, JobMask
 from db.status import JobStatus, check_transition
+from db.webhooks import webhook_subscribed
 
 JOB_COLUMNS = [c for c in Job.__table__.c]
 MASK_SUMMARY_COLUMNS = [
@@ -89,6 +104,17 @@ def select_job(tenant_id: uuid.UUID, job_id: uuid.UUID) -> Select[Any]:
     return select(*JOB_COLUMNS).where(Job.id == job_id, Job.tenant_id == tenant_id)
 
 
+#: ``select_job`` and ``select_mask_summaries`` built once, for the reads every wait ends with
+#: (parameters ``job_id``, ``tenant_id``): building a select and its cache key costs more than the query.
+SELECT_JOB = select(*JOB_COLUMNS).where(
+    Job.id == bindparam("job_id", type_=Job.id.type), Job.tenant_id == bindparam("tenant_id", type_=Job.tenant_id.type)
+)
+SELECT_MASK_SUMMARIES = (
+    select(*MASK_SUMMARY_COLUMNS).where(JobMask.job_id == bindparam("job_id", type_=JobMask.job_id.type))
+    .order_by(JobMask.index)
+)
+
+
 def count_queued_stmt(tenant_id: uuid.UUID) -> Select[Any]:
     return select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued.value)
 
@@ -130,13 +156,13 @@ def list_jobs_stmt(
 
 
 def transition_stmt(
-    job_id: uuid.UUID,
+    job_id: uuid.UUID | ColumnElement[Any],
     expected: JobStatus,
     target: JobStatus,
     *,
-    now: datetime,
+    now: datetime | ColumnElement[Any],
     tenant_id: uuid.UUID | None = None,
-    attempt: int | None = None,
+    attempt: int | ColumnElement[Any] | None = None,
     **values: Any,
 ) -> Update:
     """``UPDATE jobs SET status=target ... WHERE id=? AND status=expected`` (plus guards).
@@ -165,17 +191,51 @@ def transition_sync(conn: Connection, stmt: Update) -> None:
         raise StaleTransition()
 
 
-def claim_stmt(job_id: uuid.UUID, *, now: datetime, lease_until: datetime) -> Update:
-    """queued -> running, counting the attempt; RETURNING the new attempt number."""
-    return transition_stmt(
-        job_id,
-        JobStatus.queued,
-        JobStatus.running,
-        now=now,
-        started_at=now,
-        lease_expires_at=lease_until,
-        attempts=Job.attempts + 1,
-    ).returning(Job.attempts, Job.prompts, Job.options)
+def _param(column: Any) -> Any:
+    # A bind parameter may not share its name with a column the UPDATE sets.
+    return bindparam(f"new_{column.key}", type_=column.type)
+
+
+#: The three status changes a worker makes, built once: they run for every job, and building an
+#: UPDATE with its RETURNING subqueries (and its cache key) costs more than running it. Each
+#: returns ``webhook_subscribed`` (db/webhooks.py) so the outbox is only touched when someone listens.
+#: CLAIM: queued -> running, counting the attempt; RETURNING the new attempt number, what the job
+#: asks for and its image (one round trip). Parameters: ``job_id``, ``now``, ``lease_until``.
+_JOB_ID = bindparam("job_id", type_=Job.id.type)
+CLAIM = transition_stmt(
+    _JOB_ID, JobStatus.queued, JobStatus.running, now=bindparam("now", type_=Job.updated_at.type),
+    started_at=bindparam("now", type_=Job.updated_at.type),
+    lease_expires_at=bindparam("lease_until", type_=Job.lease_expires_at.type),
+    attempts=Job.attempts + 1,
+).returning(
+    Job.attempts, Job.prompts, Job.options,
+    select(JobInput.data).where(JobInput.job_id == Job.id).scalar_subquery().label("image"),
+    webhook_subscribed(),
+)
+_NOW = bindparam("now", type_=Job.updated_at.type)
+_ATTEMPT = bindparam("attempt", type_=Job.attempts.type)
+_USAGE: dict[str, Any] = {  # this attempt's endpoint calls and seconds, added to the job's totals
+    "endpoint_calls": Job.endpoint_calls + bindparam("calls", type_=Job.endpoint_calls.type),
+    "endpoint_seconds": Job.endpoint_seconds + bindparam("seconds", type_=Job.endpoint_seconds.type),
+}
+#: running -> succeeded for one attempt, RETURNING the whole row. Parameters: ``job_id``, ``attempt``,
+#: ``now``, ``new_result_width``, ``new_result_height``, ``new_result_meta``, ``calls``, ``seconds``.
+SUCCEED = transition_stmt(
+    _JOB_ID, JobStatus.running, JobStatus.succeeded, now=_NOW, attempt=_ATTEMPT, completed_at=_NOW,
+    lease_expires_at=None, result_width=_param(Job.result_width), result_height=_param(Job.result_height),
+    result_meta=_param(Job.result_meta), error_code=None, error_message=None, **_USAGE,
+).returning(*JOB_COLUMNS, webhook_subscribed())
+#: running -> failed for one attempt, RETURNING the whole row. Parameters: ``job_id``, ``attempt``,
+#: ``now``, ``new_error_code``, ``new_error_message``, ``calls``, ``seconds``.
+FAIL = transition_stmt(
+    _JOB_ID, JobStatus.running, JobStatus.failed, now=_NOW, attempt=_ATTEMPT, completed_at=_NOW,
+    lease_expires_at=None, error_code=_param(Job.error_code), error_message=_param(Job.error_message), **_USAGE,
+).returning(*JOB_COLUMNS, webhook_subscribed())
+
+
+def claim_params(job_id: uuid.UUID, *, now: datetime, lease_until: datetime) -> dict[str, Any]:
+    """The parameters of ``CLAIM``."""
+    return {"job_id": job_id, "now": now, "lease_until": lease_until}
 
 
 def extend_lease_stmt(job_id: uuid.UUID, attempt: int, *, lease_until: datetime) -> Update:
@@ -232,6 +292,3 @@ def undispatch_stale_stmt(*, dispatched_before: datetime) -> Update:
     )
 
 
-def add_endpoint_usage_values(calls: int, seconds: float) -> dict[str, Any]:
-    """SET fragments that add one attempt's endpoint calls to the job's running totals."""
-    return {"endpoint_calls": Job.endpoint_calls + calls, "endpoint_seconds": Job.endpoint_seconds + seconds}

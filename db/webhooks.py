@@ -159,6 +159,17 @@ def insert_job_webhook_stmt(job_id: uuid.UUID, url: str, event_types: list[str])
     return insert(JobWebhook).values(job_id=job_id, url=url, event_types=event_types)
 
 
+def webhook_subscribed() -> Any:
+    """Whether anyone listens to this job's events (its own webhook, or an enabled endpoint of its
+    tenant): RETURNING it with a status change spares the outbox a query when nobody does."""
+    return or_(
+        select(JobWebhook.job_id).where(JobWebhook.job_id == Job.id).exists(),
+        select(WebhookEndpoint.id)
+        .where(WebhookEndpoint.tenant_id == Job.tenant_id, WebhookEndpoint.disabled_at.is_(None))
+        .exists(),
+    ).label("webhook_subscribed")
+
+
 def select_job_with_webhook(job_id: uuid.UUID) -> Select[Any]:
     """The job row (for the payload) and its own webhook, if any, in one round trip."""
     return (

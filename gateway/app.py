@@ -12,7 +12,8 @@ from gateway.auth import AuthCache
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
 from gateway.idempotency import idempotency_middleware
-from gateway.keys import AUTH_CACHE, ENGINE, EVENTS, NUDGER, QUEUED_GAUGE, RATE_LIMITER, SETTINGS
+from gateway.job_writer import JobWriter
+from gateway.keys import AUTH_CACHE, ENGINE, EVENTS, JOB_WRITER, NUDGER, QUEUED_GAUGE, RATE_LIMITER, SETTINGS
 from gateway.middleware import auth_middleware, problems_middleware
 from gateway.ratelimit import RateLimiter
 from gateway.routes import setup_routes
@@ -25,8 +26,10 @@ log = logging.getLogger(__name__)
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     app[ENGINE] = make_async_engine(settings)
+    app[JOB_WRITER] = JobWriter(app[ENGINE], settings)
     log.info("database %s", masked_url(settings.async_database_url))
     yield
+    await app[JOB_WRITER].close()
     await app[ENGINE].dispose()
 
 

@@ -77,7 +77,7 @@ async def authenticate(
     async with engine.connect() as conn:
         # One read: autocommit spares the BEGIN and ROLLBACK round trips around it.
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await conn.execute(tenants.select_key(parsed.key_id))).mappings().first()
+        row = (await conn.execute(tenants.SELECT_KEY, {"key_id": parsed.key_id})).mappings().first()
     if row is None or not tenants.secret_matches(parsed.secret, row["secret_hash"]):
         raise _unauthorized("the API key is not valid")
     now = datetime.now(UTC)

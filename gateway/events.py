@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import redis.asyncio as aioredis
 
-from medparse.events import events_channel, events_socket_path
+from medparse.events import decode_event, events_channel, events_socket_path
 from medparse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,11 @@ SAFETY_RECHECK_S = 2.0
 class JobWaiter:
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        #: the committed terminal job, when the notification carried it (db/job_snapshot.py)
+        self.snapshot: bytes | None = None
 
-    def notify(self) -> None:
+    def notify(self, snapshot: bytes | None = None) -> None:
+        self.snapshot = snapshot
         self._event.set()
 
     async def wait(self, timeout: float) -> None:
@@ -39,7 +42,7 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         self._listener = listener
 
     def datagram_received(self, data: bytes, addr: object) -> None:
-        self._listener.dispatch(data.decode(errors="replace"))
+        self._listener.dispatch(*decode_event(data))
 
 
 class JobEventListener:
@@ -64,9 +67,9 @@ class JobEventListener:
                 if not waiters:
                     del self._waiters[job_id]
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, snapshot: bytes | None = None) -> None:
         for waiter in self._waiters.get(job_id, ()):
-            waiter.notify()
+            waiter.notify(snapshot)
 
     async def announce(self, job_id: str) -> None:
         """Wake waiters here at once, and (in production) those of other gateway processes."""
@@ -106,7 +109,7 @@ class JobEventListener:
                     while not self._stopping:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.25)
                         if message is not None and message.get("type") == "message":
-                            self.dispatch(message["data"].decode(errors="replace"))
+                            self.dispatch(*decode_event(message["data"]))
             except Exception as exc:  # redis restarted: waiters fall back to re-checks meanwhile
                 log.warning("job event subscription lost (%s); reconnecting", type(exc).__name__)
                 await asyncio.sleep(1.0)

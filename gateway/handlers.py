@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from db.status import JobStatus, is_terminal
 from gateway import idempotency, services
 from gateway.auth import principal
-from gateway.keys import ENGINE, EVENTS, NUDGER, QUEUED_GAUGE, SETTINGS
+from gateway.keys import ENGINE, EVENTS, JOB_WRITER, NUDGER, QUEUED_GAUGE, SETTINGS
 from gateway.problems import field_error, not_found
 from gateway.schemas import HealthPublic, JobPublic, JobsPublic
 from gateway.submission import parse_submission
@@ -65,7 +65,8 @@ async def create_job(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     submission = await parse_submission(request, settings)
     submitted = await services.submit_job(
-        request.app[ENGINE], request.app[NUDGER], settings, who, submission, idempotency.key_from(request),
+        request.app[ENGINE], request.app[JOB_WRITER], request.app[NUDGER], settings, who, submission,
+        idempotency.key_from(request),
         request.app[QUEUED_GAUGE],
     )
     if submitted.replay is not None:

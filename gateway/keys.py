@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.auth import AuthCache
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
+from gateway.job_writer import JobWriter
 from gateway.ratelimit import RateLimiter
 from gateway.tenancy import QueuedJobsGauge
 from medparse.settings import Settings
@@ -19,3 +20,4 @@ EVENTS = web.AppKey("events", JobEventListener)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 AUTH_CACHE = web.AppKey("auth_cache", AuthCache)
 QUEUED_GAUGE = web.AppKey("queued_gauge", QueuedJobsGauge)
+JOB_WRITER = web.AppKey("job_writer", JobWriter)

@@ -12,15 +12,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db import jobs as repo
+from db.job_snapshot import decode_snapshot
 from db.status import CANCELABLE, JobStatus, is_terminal
 from gateway import idempotency, medical
 from gateway.auth import Principal
 from gateway.cursors import decode_cursor, encode_cursor
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
+from gateway.job_writer import JobWriter, PendingJob
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.schemas import JobPublic
 from gateway.submission import JobSubmission
@@ -124,6 +126,7 @@ class Submitted:
 
 async def submit_job(
     engine: AsyncEngine,
+    writer: JobWriter,
     nudger: DispatchNudger,
     settings: Settings,
     who: Principal,
@@ -147,7 +150,7 @@ async def submit_job(
             return Submitted(job=None, replay=outcome)
         reservation = outcome
     try:
-        job = await _insert_job(engine, settings, who, submission, reservation, gauge)
+        job = await _insert_job(engine, writer, settings, who, submission, reservation, gauge)
     except BaseException:
         if reservation is not None:
             await idempotency.release(engine, reservation)
@@ -158,6 +161,7 @@ async def submit_job(
 
 async def _insert_job(
     engine: AsyncEngine,
+    writer: JobWriter,
     settings: Settings,
     who: Principal,
     submission: JobSubmission,
@@ -180,31 +184,39 @@ async def _insert_job(
         input_meta=info.details,
     )
     job = to_public(_new_job_row(new, info, len(submission.image)), None)
-    async with tenant_transaction(engine, who.tenant_id) as conn:
-        quota = who.quotas.max_queued_jobs
-        queued = gauge.estimate(who.tenant_id, quota) if gauge is not None else None
-        if queued is None:
-            queued = (await conn.execute(repo.count_queued_stmt(who.tenant_id))).scalar_one()
-            if gauge is not None:
-                gauge.counted(who.tenant_id, queued)
-        if queued >= quota:
-            # Checked before the insert: concurrent submissions may overshoot by their number.
-            raise ApiProblem(
-                429, "queued_jobs_quota_exceeded",
-                f"this tenant already has {queued} queued jobs (limit {who.quotas.max_queued_jobs}); "
-                "retry when some have started",
-                headers={"Retry-After": "30"},
-            )
-        job_params, input_params = repo.insert_job_params(new)
-        await conn.execute(repo.INSERT_JOB, job_params)
-        await conn.execute(repo.INSERT_JOB_INPUT, input_params)
+    await _check_queued_quota(engine, who, gauge)
+
+    async def in_same_transaction(conn: AsyncConnection) -> None:
         await attach_job_webhook(conn, who.tenant_id, new.id, submission.webhook)  # gateway/webhook_services.py
         if reservation is not None:
             # Stored in the job's own transaction: a retry after a crash finds the job, never a second one.
             await idempotency.complete_in(conn, reservation, job_created_response(job), job_id=new.id)
+
+    job_params, input_params = repo.insert_job_params(new)
+    needs_more = submission.webhook is not None or reservation is not None
+    await writer.write(PendingJob(
+        who.tenant_id, job_params, input_params, in_same_transaction if needs_more else None
+    ))
     if gauge is not None:
         gauge.added(who.tenant_id)
     return job
+
+
+async def _check_queued_quota(engine: AsyncEngine, who: Principal, gauge: QueuedJobsGauge | None) -> None:
+    """429 when the tenant's queue is full. Soft: concurrent submissions may overshoot by their number."""
+    quota = who.quotas.max_queued_jobs
+    queued = gauge.estimate(who.tenant_id, quota) if gauge is not None else None
+    if queued is None:
+        async with tenant_transaction(engine, who.tenant_id) as conn:
+            queued = (await conn.execute(repo.count_queued_stmt(who.tenant_id))).scalar_one()
+        if gauge is not None:
+            gauge.counted(who.tenant_id, queued)
+    if queued >= quota:
+        raise ApiProblem(
+            429, "queued_jobs_quota_exceeded",
+            f"this tenant already has {queued} queued jobs (limit {quota}); retry when some have started",
+            headers={"Retry-After": "30"},
+        )
 
 
 def job_created_response(job: JobPublic) -> web.Response:
@@ -226,13 +238,14 @@ def _new_job_row(new: repo.NewJob, info: imaging.ImageInfo, size: int) -> dict[s
 
 
 async def get_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
+    ids = {"job_id": job_id, "tenant_id": tenant_id}
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
+        row = (await conn.execute(repo.SELECT_JOB, ids)).mappings().first()
         if row is None:
             raise not_found()
         mask_rows = None
         if row["status"] == JobStatus.succeeded.value:
-            mask_rows = list((await conn.execute(repo.select_mask_summaries(job_id))).mappings())
+            mask_rows = list((await conn.execute(repo.SELECT_MASK_SUMMARIES, {"job_id": job_id})).mappings())
     return to_public(row, mask_rows)
 
 
@@ -258,8 +271,18 @@ async def wait_for_job(
             if remaining <= 0:
                 break
             await changed.wait(remaining)
-            job = await get_job(engine, tenant_id, job_id)
+            job = _from_snapshot(changed.snapshot, tenant_id, job_id) or await get_job(engine, tenant_id, job_id)
     return job
+
+
+def _from_snapshot(snapshot: bytes | None, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic | None:
+    """The terminal job a worker's notification carried (as committed), instead of a read."""
+    if snapshot is None:
+        return None
+    row, mask_rows = decode_snapshot(snapshot)
+    if row["id"] != job_id or row["tenant_id"] != tenant_id or not is_terminal(JobStatus(row["status"])):
+        return None
+    return to_public(row, mask_rows if row["status"] == JobStatus.succeeded.value else None)
 
 
 async def list_jobs(

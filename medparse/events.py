@@ -36,8 +36,18 @@ def dispatch_socket_path(settings: Settings) -> Path:
     return (settings.data_dir / "dispatch.sock").resolve()
 
 
+def encode_event(job_id: str, snapshot: bytes | None = None) -> bytes:
+    """``<job id>`` or ``<job id>\n<snapshot>`` (db/job_snapshot.py: the committed terminal job)."""
+    return job_id.encode() if not snapshot else job_id.encode() + b"\n" + snapshot
+
+
+def decode_event(message: bytes) -> tuple[str, bytes | None]:
+    job_id, _, snapshot = message.partition(b"\n")
+    return job_id.decode(errors="replace"), snapshot or None
+
+
 class JobEventNotifier(Protocol):
-    def job_changed(self, job_id: str) -> None: ...
+    def job_changed(self, job_id: str, snapshot: bytes | None = None) -> None: ...
 
 
 class RedisJobEventNotifier:
@@ -45,9 +55,9 @@ class RedisJobEventNotifier:
         self._client = client
         self._channel = channel
 
-    def job_changed(self, job_id: str) -> None:
+    def job_changed(self, job_id: str, snapshot: bytes | None = None) -> None:
         try:
-            self._client.publish(self._channel, job_id)
+            self._client.publish(self._channel, encode_event(job_id, snapshot))
         except redis.RedisError:
             log.warning("job event for %s not published (redis unavailable)", job_id)
 
@@ -57,9 +67,9 @@ class SocketJobEventNotifier:
         self._path = str(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
-    def job_changed(self, job_id: str) -> None:
+    def job_changed(self, job_id: str, snapshot: bytes | None = None) -> None:
         try:
-            self._sock.sendto(job_id.encode(), self._path)
+            self._sock.sendto(encode_event(job_id, snapshot), self._path)
         except OSError:
             # No gateway listening (or its buffer is full): waiters fall back to their re-check.
             pass

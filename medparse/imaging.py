@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from medparse.medical.formats import sniff_medical
+from medparse.png_probe import PngDamaged, probe_png
 
 RejectCode = Literal["unsupported_format", "corrupt_image", "image_too_large", "empty_image"]
 
@@ -133,6 +134,15 @@ def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     JPEG or TIFF, declares more than ``max_pixels`` (width x height x frames; checked before
     any pixel is decoded), has no pixels, or does not decode completely.
     """
+    fmt = _sniff(data)
+    if fmt == "png":  # the common case, checked without Pillow's much slower decode
+        try:
+            png = probe_png(data, lambda width, height: _check_declared_png(width, height, max_pixels))
+        except PngDamaged:
+            raise _corrupt(fmt) from None
+        if png is not None:
+            return ImageInfo(format=fmt, width=png.width, height=png.height, channels=png.channels,
+                             bit_depth=png.bit_depth)
     im, fmt, orientation = _open_decoded(data, max_pixels)
     width, height = im.size
     if orientation in (5, 6, 7, 8):  # the four orientations that turn the image by 90 degrees
@@ -239,6 +249,13 @@ def _check_size(width: int, height: int, frames: int, max_pixels: int) -> None:
             f"the image has {width}x{height} pixels" + (f" in {frames} frames" if frames > 1 else "")
             + f"; the limit is {max_pixels} pixels, downscale it first",
         )
+
+
+def _check_declared_png(width: int, height: int, max_pixels: int) -> None:
+    _check_size(width, height, 1, max_pixels)
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > 2 * Image.MAX_IMAGE_PIXELS:
+        # What Pillow's decompression-bomb guard refuses on the decoding path.
+        raise ImageRejected("image_too_large", f"the image declares too many pixels; the limit is {max_pixels}")
 
 
 def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:

@@ -31,9 +31,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     host: str = "127.0.0.1"
     port: int = 8080
-    #: Gateway processes sharing the port (SO_REUSEPORT). One process tops out at one core; the
-    #: embedded mode always runs one (its event socket has a single listener).
-    gateway_processes: int = Field(default=1, ge=1, le=64)
+    #: Gateway processes sharing the port (SO_REUSEPORT). One process tops out at one core, so 0
+    #: (default) means one per CPU core; the embedded mode always runs one (its event socket has a
+    #: single listener).
+    gateway_processes: int = Field(default=0, ge=0, le=64)
     #: ``postgresql+asyncpg://...`` in production; unset means the embedded SQLite file.
     database_url: str | None = None
     #: ``redis://...`` in production; unset means the embedded local queue.
@@ -146,6 +147,22 @@ class Settings(BaseSettings):
     retention_delete_input_on_success: bool = False
     #: Finished jobs (and everything of theirs) are purged this many days after they ended.
     retention_days: float = 30.0
+
+    #: Database connections each gateway process keeps open (no overflow: a connection opened and
+    #: closed per burst costs more than waiting a moment for a pooled one).
+    gateway_db_pool_size: int = Field(default=20, ge=1)
+
+    #: A worker's pooled database connection idle this long is checked (one round trip) before use;
+    #: one used more recently is trusted (db/engine.py).
+    db_ping_after_idle_s: float = Field(default=1.0, ge=0.0)
+
+    # --- submissions: group commit (gateway/job_writer.py) ------------------------------------
+    #: Submissions that arrive while a transaction is in flight share the next one, up to this many
+    #: jobs and this many image bytes; a lone submission is written at once, alone.
+    submit_batch_max_jobs: int = Field(default=64, ge=1)
+    submit_batch_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    #: Job-writing transactions in flight at once per gateway process.
+    submit_batch_concurrency: int = Field(default=1, ge=1)
 
     #: A verified API key (with its tenant's quotas) is trusted this long without a database
     #: lookup; also the longest a revocation or quota change takes to bite. 0 (default) disables

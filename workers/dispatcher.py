@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Select, and_, func, or_, select, true, update
+from sqlalchemy import Integer, Select, and_, bindparam, func, or_, select, true, update
 
 from db.models import Job, Tenant
 from db.status import JobStatus
@@ -52,12 +52,15 @@ def _busy_per_tenant() -> Any:
     )
 
 
-def fair_batch_stmt_pg(free: int, default_running_cap: int) -> Select[Any]:
+def fair_batch_stmt_pg() -> Select[Any]:
     """PostgreSQL form of ``fair_batch_stmt``: per tenant, read at most min(free, room) jobs off the
     partial index ``ix__jobs__undispatched`` (LATERAL ... LIMIT) instead of numbering the whole
-    backlog, so a round costs ~2 ms with 55,000 jobs waiting rather than ~150 ms."""
+    backlog, so a round costs ~2 ms with 55,000 jobs waiting rather than ~150 ms. Parameters:
+    ``free`` (places left in the window) and ``default_cap`` (the running cap of a tenant without one)."""
+    free = bindparam("free", type_=Integer)
     busy = _busy_per_tenant()
-    room = func.greatest(0, func.coalesce(Tenant.max_running_jobs, default_running_cap) - func.coalesce(busy.c.n, 0))
+    cap = func.coalesce(Tenant.max_running_jobs, bindparam("default_cap", type_=Integer))
+    room = func.greatest(0, cap - func.coalesce(busy.c.n, 0))
     order = (Job.priority.desc(), Job.created_at, Job.id)
     head = (
         select(Job.id, Job.created_at, func.row_number().over(order_by=order).label("rn"))
@@ -76,8 +79,9 @@ def fair_batch_stmt_pg(free: int, default_running_cap: int) -> Select[Any]:
     )
 
 
-def fair_batch_stmt(free: int, default_running_cap: int) -> Select[Any]:
-    """Up to ``free`` undispatched job ids, round-robin across tenants within their caps (portable)."""
+def fair_batch_stmt() -> Select[Any]:
+    """Up to ``free`` undispatched job ids, round-robin across tenants within their caps (portable;
+    the same parameters as ``fair_batch_stmt_pg``)."""
     busy = _busy_per_tenant()
     ranked = (
         select(
@@ -91,7 +95,7 @@ def fair_batch_stmt(free: int, default_running_cap: int) -> Select[Any]:
         .where(Job.status == QUEUED, Job.dispatched_at.is_(None))
         .cte("ranked")
     )
-    cap = func.coalesce(Tenant.max_running_jobs, default_running_cap)
+    cap = func.coalesce(Tenant.max_running_jobs, bindparam("default_cap", type_=Integer))
     return (
         select(ranked.c.id)
         .select_from(
@@ -99,8 +103,25 @@ def fair_batch_stmt(free: int, default_running_cap: int) -> Select[Any]:
         )
         .where(ranked.c.rn + func.coalesce(busy.c.n, 0) <= cap)
         .order_by(ranked.c.rn, ranked.c.created_at)
-        .limit(free)
+        .limit(bindparam("free", type_=Integer))
     )
+
+
+#: Built once: building these selects (and their cache keys) cost more than running them.
+IN_BROKER = in_broker_stmt()
+FAIR_BATCH_PG = fair_batch_stmt_pg()
+FAIR_BATCH = fair_batch_stmt()
+LOCK_ROUND = select(
+    func.pg_try_advisory_xact_lock(DISPATCH_LOCK_KEY),
+    func.set_config("jit", "off", True),
+    func.set_config("synchronous_commit", "off", True),
+    IN_BROKER.scalar_subquery(),
+)
+MARK_DISPATCHED = (
+    update(Job)
+    .where(Job.id.in_(bindparam("ids", expanding=True)), Job.status == QUEUED, Job.dispatched_at.is_(None))
+    .values(dispatched_at=bindparam("now"))
+)
 
 
 def dispatch_round(ctx: WorkerContext) -> list[str] | None:
@@ -109,30 +130,26 @@ def dispatch_round(ctx: WorkerContext) -> list[str] | None:
     now = datetime.now(UTC)
     with ctx.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            # One round trip for the lock and both settings. JIT compiling the small fair-batch query
-            # costs more than running it (seen while tenants was unanalyzed). No WAL flush wait at
-            # commit: a dispatched_at lost in a Postgres crash only means the sweeper hands the job
-            # back; a second delivery is harmless (the claim is a compare-and-set).
-            locked = conn.execute(
-                select(
-                    func.pg_try_advisory_xact_lock(DISPATCH_LOCK_KEY),
-                    func.set_config("jit", "off", True),
-                    func.set_config("synchronous_commit", "off", True),
-                )
-            ).first()
+            # One round trip for the lock, both settings and the broker's fill. JIT compiling the
+            # small fair-batch query costs more than running it (seen while tenants was unanalyzed).
+            # No WAL flush wait at commit: a dispatched_at lost in a Postgres crash only means the
+            # sweeper hands the job back; a second delivery is harmless (the claim is a compare-and-set).
+            # The count's snapshot may predate a round that committed just before the lock was
+            # taken: the window can then overshoot by one batch, once (it is a soft bound anyway).
+            locked = conn.execute(LOCK_ROUND).first()
             if locked is None or not locked[0]:
                 return None
-        free = settings.dispatch_window - int(conn.execute(in_broker_stmt()).scalar_one())
+            in_broker = int(locked[3])
+        else:
+            in_broker = int(conn.execute(IN_BROKER).scalar_one())
+        free = settings.dispatch_window - in_broker
         if free <= 0:
             return []
-        batch = fair_batch_stmt_pg if conn.dialect.name == "postgresql" else fair_batch_stmt  # SQLite: no LATERAL
-        ids: list[uuid.UUID] = list(conn.execute(batch(free, settings.tenant_max_running_jobs)).scalars())
+        batch = FAIR_BATCH_PG if conn.dialect.name == "postgresql" else FAIR_BATCH  # SQLite: no LATERAL
+        params = {"free": free, "default_cap": settings.tenant_max_running_jobs}
+        ids: list[uuid.UUID] = list(conn.execute(batch, params).scalars())
         if ids:
-            conn.execute(
-                update(Job)
-                .where(Job.id.in_(ids), Job.status == QUEUED, Job.dispatched_at.is_(None))
-                .values(dispatched_at=now)
-            )
+            conn.execute(MARK_DISPATCHED, {"ids": ids, "now": now})
     published: list[str] = []
     for job_id in ids:
         try:

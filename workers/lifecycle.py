@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, Update
 
 from db import jobs as repo
 from db import medical as medical_repo
+from db.job_snapshot import encode_snapshot
 from db.status import JobStatus
 from medparse.webhooks.outbox import record_transition
 from workers.pipeline import Segmentation
@@ -38,27 +39,48 @@ class Claim:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """A job this worker moved to a terminal state."""
+
+    #: the committed row for the completion notification (db/job_snapshot.py); None if too large
+    snapshot: bytes | None
+
+
 def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
     """queued -> running; None when the job is not (or no longer) queued."""
     now = utcnow()
     with engine.begin() as conn:
         # The compare-and-set returns what the job needs: no second read of the jobs row.
-        row = conn.execute(
-            repo.claim_stmt(job_id, now=now, lease_until=now + timedelta(seconds=lease_s))
-        ).first()
+        lease_until = now + timedelta(seconds=lease_s)
+        row = conn.execute(repo.CLAIM, repo.claim_params(job_id, now=now, lease_until=lease_until)).first()
         if row is None:
             return None
-        record_transition(conn, job_id, JobStatus.running)  # webhook outbox, same transaction
-        image = conn.execute(repo.select_input(job_id)).scalar_one()
+        if row.image is None:
+            raise RuntimeError(f"job {job_id} has no stored input")  # rolled back: the job stays queued
+        if row.webhook_subscribed:
+            record_transition(conn, job_id, JobStatus.running)  # webhook outbox, same transaction
     return Claim(
-        job_id=job_id, attempt=row.attempts, prompts=list(row.prompts), image=image, options=dict(row.options or {})
+        job_id=job_id, attempt=row.attempts, prompts=list(row.prompts), image=row.image,
+        options=dict(row.options or {}),
     )
 
 
-def finish(engine: Engine, claimed: Claim, result: Segmentation, *, delete_input: bool = False) -> bool:
+def _compare_and_set(conn: Connection, stmt: Update, params: dict[str, Any]) -> Any:
+    """Run ``repo.SUCCEED`` or ``repo.FAIL`` (StaleTransition if the job moved on). Returns the
+    changed row, with whether anyone listens to its webhook events (the outbox is only touched if so)."""
+    row = conn.execute(stmt, params).mappings().first()
+    if row is None:
+        raise repo.StaleTransition()
+    return row
+
+
+def finish(
+    engine: Engine, claimed: Claim, result: Segmentation, *, delete_input: bool = False
+) -> Ended | None:
     """Store the masks and move running -> succeeded in one transaction.
 
-    False when the job was canceled or taken over meanwhile: the result is discarded (rolled back).
+    None when the job was canceled or taken over meanwhile: the result is discarded (rolled back).
     """
     now = utcnow()
     rows = [
@@ -69,17 +91,14 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation, *, delete_input
         }
         for m in result.masks
     ]
-    stmt = repo.transition_stmt(
-        claimed.job_id, JobStatus.running, JobStatus.succeeded, now=now, attempt=claimed.attempt,
-        completed_at=now, lease_expires_at=None, result_width=result.width, result_height=result.height,
-        result_meta=result.provenance, error_code=None, error_message=None,
-        **repo.add_endpoint_usage_values(
-            result.provenance["endpoint_http_attempts"], result.provenance["endpoint_seconds"]
-        ),
-    )
+    params = {
+        "job_id": claimed.job_id, "attempt": claimed.attempt, "now": now, "new_result_width": result.width,
+        "new_result_height": result.height, "new_result_meta": result.provenance,
+        "calls": result.provenance["endpoint_http_attempts"], "seconds": result.provenance["endpoint_seconds"],
+    }
     try:
         with engine.begin() as conn:
-            repo.transition_sync(conn, stmt)
+            changed = _compare_and_set(conn, repo.SUCCEED, params)
             # No DELETE first: masks are only written here, in the transaction that makes the job
             # succeeded (terminal), so a running attempt never finds any.
             conn.execute(repo.insert_masks_stmt(rows))
@@ -88,29 +107,31 @@ def finish(engine: Engine, claimed: Claim, result: Segmentation, *, delete_input
                 conn.execute(medical_repo.insert_medical_stmt(claimed.job_id, result.medical))
             if delete_input:
                 conn.execute(repo.delete_input_stmt(claimed.job_id))
-            record_transition(conn, claimed.job_id, JobStatus.succeeded)  # webhook outbox, same transaction
+            if changed["webhook_subscribed"]:  # after the masks: the "succeeded" payload lists them
+                record_transition(conn, claimed.job_id, JobStatus.succeeded)  # webhook outbox, same transaction
     except repo.StaleTransition:
         log.info("job %s attempt %d: result discarded (job canceled or taken over)", claimed.job_id, claimed.attempt)
-        return False
-    return True
+        return None
+    return Ended(encode_snapshot(changed, rows))
 
 
 def fail(
     engine: Engine, claimed: Claim, code: str, message: str, *, endpoint_calls: int = 0, endpoint_seconds: float = 0.0
-) -> bool:
+) -> Ended | None:
+    """running -> failed; None when the job was canceled or taken over meanwhile."""
     now = utcnow()
-    stmt = repo.transition_stmt(
-        claimed.job_id, JobStatus.running, JobStatus.failed, now=now, attempt=claimed.attempt,
-        completed_at=now, lease_expires_at=None, error_code=code, error_message=message[:2000],
-        **repo.add_endpoint_usage_values(endpoint_calls, endpoint_seconds),
-    )
+    params = {
+        "job_id": claimed.job_id, "attempt": claimed.attempt, "now": now, "new_error_code": code,
+        "new_error_message": message[:2000], "calls": endpoint_calls, "seconds": endpoint_seconds,
+    }
     try:
         with engine.begin() as conn:
-            repo.transition_sync(conn, stmt)
-            record_transition(conn, claimed.job_id, JobStatus.failed)  # webhook outbox, same transaction
+            changed = _compare_and_set(conn, repo.FAIL, params)
+            if changed["webhook_subscribed"]:
+                record_transition(conn, claimed.job_id, JobStatus.failed)  # webhook outbox, same transaction
     except repo.StaleTransition:
-        return False
-    return True
+        return None
+    return Ended(encode_snapshot(changed, []))
 
 
 class LeaseKeeper:

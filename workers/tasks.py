@@ -35,30 +35,32 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
     # No notification for running: Prefer: wait only returns on a terminal state, and a wake here
     # costs every waiter a tenant-scoped re-read while this worker competes for the same CPUs.
     outcome = "failed"
+    ended: lifecycle.Ended | None = None
     started = time.monotonic()
     with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):
         try:
             # PNG/JPEG/TIFF go on to workers.pipeline.segment; DICOM, NIfTI volumes and the 3-D model are handled there
             result = segment_job(ctx, claimed, job_id_text)
-            finished = lifecycle.finish(
+            ended = lifecycle.finish(
                 ctx.engine, claimed, result, delete_input=settings.retention_delete_input_on_success
             )
-            outcome = "succeeded" if finished else "discarded"
+            outcome = "succeeded" if ended else "discarded"
         except ImageRejected as exc:
-            lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)
+            ended = lifecycle.fail(ctx.engine, claimed, exc.code, exc.message)
         except EndpointError as exc:
             log.warning("job %s attempt %d: endpoint error %s", job_id, claimed.attempt, exc.code)
-            lifecycle.fail(
+            ended = lifecycle.fail(
                 ctx.engine, claimed, exc.code, exc.message,
                 endpoint_calls=exc.attempts, endpoint_seconds=time.monotonic() - started,
             )
         except SoftTimeLimitExceeded:
-            lifecycle.fail(ctx.engine, claimed, "timeout", "the job exceeded its processing time limit")
+            ended = lifecycle.fail(ctx.engine, claimed, "timeout", "the job exceeded its processing time limit")
         except Exception:
             log.exception("job %s attempt %d: unexpected error", job_id, claimed.attempt)
             message = "the worker hit an unexpected error; resubmit the job"
-            lifecycle.fail(ctx.engine, claimed, "internal_error", message)
-    ctx.notifier.job_changed(job_id_text)
+            ended = lifecycle.fail(ctx.engine, claimed, "internal_error", message)
+    # With the committed job inside, a waiting request answers without reading it back.
+    ctx.notifier.job_changed(job_id_text, ended.snapshot if ended else None)
     ctx.wake_dispatcher()  # this worker slot is free: the next fair batch may go out
     log.info("job %s attempt %d: %s", job_id, claimed.attempt, outcome)
     return outcome

@@ -21,6 +21,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDPARSE_")}
     env["MEDPARSE_DATA_DIR"] = str(settings.data_dir.resolve())
     env["MEDPARSE_REDIS_NAMESPACE"] = settings.redis_namespace
+    # One gateway process unless a test asks for more: tests kill and watch a single pid.
+    env["MEDPARSE_GATEWAY_PROCESSES"] = str(settings.gateway_processes or 1)
     if settings.database_url:
         env["MEDPARSE_DATABASE_URL"] = settings.database_url
     if settings.redis_url:

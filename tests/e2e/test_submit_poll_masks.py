@@ -38,6 +38,9 @@ def _submit_and_check(base: str, key: str) -> None:
         while job["status"] in ("queued", "running") and time.monotonic() < deadline:
             job = http.get(resp.headers["Location"], headers={"Prefer": "wait=10"}).json()
         assert job["status"] == "succeeded", job
+        # The waiting answer came from the worker's notification (db/job_snapshot.py): a fresh
+        # read of the job must say exactly the same.
+        assert http.get(resp.headers["Location"]).json() == job
         assert job["attempts"] == 1 and job["started_at"] and job["completed_at"]
         result = job["result"]
         assert (result["width"], result["height"]) == (333, 211)

@@ -51,7 +51,8 @@ def backlog(
 def claim(ctx: WorkerContext, job_id: str) -> None:
     now = datetime.now(UTC)
     with ctx.engine.begin() as conn:
-        assert conn.execute(repo.claim_stmt(uuid.UUID(job_id), now=now, lease_until=now)).scalar_one() == 1
+        claimed = conn.execute(repo.CLAIM, repo.claim_params(uuid.UUID(job_id), now=now, lease_until=now))
+        assert claimed.scalar_one() == 1
 
 
 def test_a_small_tenants_job_overtakes_a_5000_job_backlog_at_the_next_round(ctx: WorkerContext) -> None:

@@ -42,7 +42,7 @@ def test_only_one_of_many_concurrent_claims_wins(pg_settings: Settings) -> None:
         now = datetime.now(UTC)
         with engine.begin() as conn:
             attempt = conn.execute(
-                repo.claim_stmt(job_id, now=now, lease_until=now + timedelta(seconds=30))
+                repo.CLAIM, repo.claim_params(job_id, now=now, lease_until=now + timedelta(seconds=30))
             ).scalar_one_or_none()
         if attempt is not None:
             winners.append(attempt)
@@ -61,9 +61,9 @@ def test_a_stale_attempt_cannot_finish_the_job(pg_settings: Settings) -> None:
     engine = make_sync_engine(pg_settings)
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        conn.execute(repo.claim_stmt(job_id, now=now, lease_until=now))
+        conn.execute(repo.CLAIM, repo.claim_params(job_id, now=now, lease_until=now))
         repo.transition_sync(conn, repo.transition_stmt(job_id, JobStatus.running, JobStatus.queued, now=now))
-        assert conn.execute(repo.claim_stmt(job_id, now=now, lease_until=now)).scalar_one() == 2
+        assert conn.execute(repo.CLAIM, repo.claim_params(job_id, now=now, lease_until=now)).scalar_one() == 2
     with pytest.raises(repo.StaleTransition), engine.begin() as conn:
         repo.transition_sync(
             conn, repo.transition_stmt(job_id, JobStatus.running, JobStatus.succeeded, now=now, attempt=1)

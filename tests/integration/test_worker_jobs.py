@@ -131,7 +131,8 @@ def test_the_sweeper_requeues_an_expired_lease_then_gives_up_after_max_attempts(
     past = datetime.now(UTC) - timedelta(seconds=5)
     for attempt in range(1, ctx.settings.job_max_attempts + 1):
         with ctx.engine.begin() as conn:  # a worker claims the job and dies: its lease runs out
-            assert conn.execute(repo.claim_stmt(job_id, now=past, lease_until=past)).scalar_one() == attempt
+            claimed = conn.execute(repo.CLAIM, repo.claim_params(job_id, now=past, lease_until=past))
+            assert claimed.scalar_one() == attempt
         report = sweep_once(ctx)
         if attempt < ctx.settings.job_max_attempts:
             assert str(job_id) in report.requeued
