@@ -51,7 +51,9 @@ def make_sync_engine(settings: Settings, *, system_scope: bool = False, **kwargs
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if system_scope:
-        kwargs.setdefault("connect_args", {"options": "-c medparse.scope=system"})
+        # jit off: the workers' statements are small, and JIT-compiling one (the dispatcher's fair
+        # batch while the tables were unanalyzed, say) costs more than running it.
+        kwargs.setdefault("connect_args", {"options": "-c medparse.scope=system -c jit=off"})
     kwargs.setdefault("pool_size", max(4, settings.worker_concurrency + 2))
     # Last in, first out: at low load the same few connections serve every request, with their
     # prepared statements and caches warm, instead of each pooled connection in turn (a cold

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 
 import pybase64
 from aiohttp import BodyPartReader, web
+from aiohttp.hdrs import CONTENT_DISPOSITION
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
@@ -126,6 +128,18 @@ def decode_base64_image(text: str) -> bytes:
         raise field_error("image_base64", "not valid base64") from None
 
 
+#: The usual Content-Disposition of a form field, nothing to unescape or decode. aiohttp's general
+#: parser (BodyPartReader.name) costs ~50 us a part, a tenth of a submission's CPU (bench/accept.py);
+#: a header this pattern matches parses to the same name there, anything else goes to aiohttp.
+_PLAIN_FORM_FIELD = re.compile(r'form-data; ?name="([A-Za-z0-9_.\-]{1,64})"(?:; ?filename="[^"\\\r\n;]*")?')
+
+
+def field_name(part: BodyPartReader) -> str | None:
+    """The form field's name, as ``part.name`` gives it."""
+    plain = _PLAIN_FORM_FIELD.fullmatch(part.headers.get(CONTENT_DISPOSITION, ""))
+    return plain.group(1) if plain else part.name
+
+
 async def _read_part(part: BodyPartReader, limit: int, field: str) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -153,20 +167,21 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
             break
         if not isinstance(part, BodyPartReader):
             raise ApiProblem(400, "malformed_multipart", "nested multipart bodies are not accepted")
-        if part.name == "image":
+        name = field_name(part)
+        if name == "image":
             image = await _read_part(part, settings.max_body_bytes, "image")
-        elif part.name == "prompts":
+        elif name == "prompts":
             raw = await _read_part(part, settings.max_prompts * (settings.max_prompt_chars + 3), "prompts")
             prompts = raw.decode("utf-8", errors="strict")
-        elif part.name == "options":
+        elif name == "options":
             options = await _read_part(part, settings.max_options_chars, "options")
-        elif part.name == "priority":
+        elif name == "priority":
             priority = (await _read_part(part, 16, "priority")).decode("ascii", errors="replace")
-        elif webhook.accepts(part.name):
+        elif webhook.accepts(name):
             await webhook.read(part)
         else:
             raise field_error(
-                str(part.name),
+                str(name),
                 "unknown form field (expected image, prompts, options, priority, webhook_url, webhook_events)",
                 status=400,
             )

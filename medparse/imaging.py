@@ -2,7 +2,9 @@
 
 ``probe_image`` runs in the gateway at upload time (is this an image we will take?);
 ``prepare_image`` runs in the worker and produces the model input. Both decode with Pillow,
-restricted to PNG, JPEG and TIFF, with the format taken from the file's magic bytes.
+restricted to PNG, JPEG and TIFF, with the format taken from the file's magic bytes; a plain PNG
+is probed by ``medparse.png_probe`` instead, which checks all that a decode could fail on for a
+third of the CPU.
 
 The preprocessing follows the official samples (healthcareai_toolkit, see the protocol notes
 section 4.1) with two deliberate differences, both much cheaper:

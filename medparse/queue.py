@@ -6,13 +6,42 @@ jobs the broker lost back to the dispatcher. Messages carry the job id only.
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
+
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps
 
 from medparse.settings import Settings
 
 SEGMENT_TASK = "segmentation.run"
 SEGMENT_QUEUE = "segmentation"
+
+
+class _AtomicFilesystemChannel(filesystem.Channel):
+    # kombu names the argument "payload" here but "message" on its base class; callers pass it by keyword.
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As kombu's, but a message appears under its final name only once it is complete.
+
+        kombu's reader moves a message file away as soon as it lists it, without the writer's lock,
+        so it can read a file that is still empty; the worker then dies on a JSON error (kombu
+        issue #1551). Here the file is written under a name the reader skips, then renamed.
+        """
+        name = f"{int(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        partial = os.path.join(self.data_folder_out, f"partial-{uuid.uuid4().hex}")
+        with open(partial, "wb") as f:
+            f.write(str_to_bytes(dumps(payload)))
+        os.replace(partial, os.path.join(self.data_folder_out, name))
+
+
+class AtomicFilesystemTransport(filesystem.Transport):
+    """kombu's filesystem transport (the embedded default's queue) with atomic message writes."""
+
+    Channel = _AtomicFilesystemChannel
 
 
 def embedded_queue_dir(settings: Settings) -> Path:
@@ -42,12 +71,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.redis_url is None:
         queue_dir = embedded_queue_dir(settings)
         (queue_dir / "processed").mkdir(parents=True, exist_ok=True)
+        (queue_dir / "control").mkdir(parents=True, exist_ok=True)
         common.update(
-            broker_url="filesystem://",
+            broker_url=None,
+            broker_transport=f"{__name__}:AtomicFilesystemTransport",
             broker_transport_options={
                 "data_folder_in": str(queue_dir),
                 "data_folder_out": str(queue_dir),
                 "processed_folder": str(queue_dir / "processed"),
+                # kombu keeps its exchange-to-queue table in ./control by default, shared by every
+                # embedded instance started in the same directory: keep it with this instance's queue.
+                "control_folder": str(queue_dir / "control"),
                 "store_processed": False,
                 # The filesystem transport polls; 50 ms keeps the embedded queue hop short.
                 "polling_interval": 0.05,

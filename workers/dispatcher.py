@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from sqlalchemy import Integer, Select, and_, bindparam, func, or_, select, true, update
+from sqlalchemy import Integer, Select, and_, bindparam, case, func, or_, select, true, update
 
 from db.models import Job, Tenant
 from db.status import JobStatus
@@ -52,12 +52,12 @@ def _busy_per_tenant() -> Any:
     )
 
 
-def fair_batch_stmt_pg() -> Select[Any]:
+def fair_batch_stmt_pg(free: Any) -> Select[Any]:
     """PostgreSQL form of ``fair_batch_stmt``: per tenant, read at most min(free, room) jobs off the
     partial index ``ix__jobs__undispatched`` (LATERAL ... LIMIT) instead of numbering the whole
-    backlog, so a round costs ~2 ms with 55,000 jobs waiting rather than ~150 ms. Parameters:
-    ``free`` (places left in the window) and ``default_cap`` (the running cap of a tenant without one)."""
-    free = bindparam("free", type_=Integer)
+    backlog, so a round costs ~2 ms with 55,000 jobs waiting rather than ~150 ms. ``free`` is the
+    SQL expression of the places left in the window; the parameter ``default_cap`` is the running
+    cap of a tenant without one. Columns: id, rn (the job's place in its tenant's turn), created_at."""
     busy = _busy_per_tenant()
     cap = func.coalesce(Tenant.max_running_jobs, bindparam("default_cap", type_=Integer))
     room = func.greatest(0, cap - func.coalesce(busy.c.n, 0))
@@ -70,12 +70,51 @@ def fair_batch_stmt_pg() -> Select[Any]:
         .lateral("head")
     )
     return (
-        select(head.c.id)
+        select(head.c.id, head.c.rn, head.c.created_at)
         .select_from(Tenant)
         .outerjoin(busy, busy.c.tenant_id == Tenant.id)
         .join(head, true())
         .order_by(head.c.rn, head.c.created_at)
         .limit(free)
+    )
+
+
+def round_stmt_pg() -> Select[Any]:
+    """A whole PostgreSQL dispatch round as one statement, run outside a transaction block so that
+    it is its own transaction: one round trip instead of five (BEGIN, lock, batch, mark, COMMIT).
+
+    The advisory lock is taken first (a MATERIALIZED CTE everything else reads); without it the
+    window has no free place and nothing is marked. Parameters: ``window``, ``default_cap``, ``now``.
+    Rows: ``ok`` (the lock was ours) and, per job marked, ``id``, ``rn``, ``created_at`` (at least
+    one row: ``id`` NULL when nothing was marked). No WAL flush wait at commit: a dispatched_at
+    lost in a Postgres crash only means the sweeper hands the job back, and a second delivery is
+    harmless (the claim is a compare-and-set). The statement's snapshot may predate a round that
+    committed just before the lock was taken: the window can then overshoot by one batch, once.
+    """
+    locked = (
+        select(
+            func.pg_try_advisory_xact_lock(DISPATCH_LOCK_KEY).label("ok"),
+            func.set_config("synchronous_commit", "off", True).label("sync"),
+        )
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    places = func.greatest(0, bindparam("window", type_=Integer) - IN_BROKER.scalar_subquery())
+    free_cte = (
+        select(case((select(locked.c.ok).scalar_subquery(), places), else_=0).label("n"))
+        .cte("free")
+        .prefix_with("MATERIALIZED")
+    )
+    batch = fair_batch_stmt_pg(select(free_cte.c.n).scalar_subquery()).cte("batch")
+    marked = (
+        update(Job)
+        .where(Job.id == batch.c.id, Job.status == QUEUED, Job.dispatched_at.is_(None))
+        .values(dispatched_at=bindparam("now"))
+        .returning(Job.id, batch.c.rn, batch.c.created_at)
+        .cte("marked")
+    )
+    return select(locked.c.ok, marked.c.id, marked.c.rn, marked.c.created_at).select_from(
+        locked.outerjoin(marked, true())
     )
 
 
@@ -109,14 +148,8 @@ def fair_batch_stmt() -> Select[Any]:
 
 #: Built once: building these selects (and their cache keys) cost more than running them.
 IN_BROKER = in_broker_stmt()
-FAIR_BATCH_PG = fair_batch_stmt_pg()
+ROUND_PG = round_stmt_pg()
 FAIR_BATCH = fair_batch_stmt()
-LOCK_ROUND = select(
-    func.pg_try_advisory_xact_lock(DISPATCH_LOCK_KEY),
-    func.set_config("jit", "off", True),
-    func.set_config("synchronous_commit", "off", True),
-    IN_BROKER.scalar_subquery(),
-)
 MARK_DISPATCHED = (
     update(Job)
     .where(Job.id.in_(bindparam("ids", expanding=True)), Job.status == QUEUED, Job.dispatched_at.is_(None))
@@ -128,28 +161,16 @@ def dispatch_round(ctx: WorkerContext) -> list[str] | None:
     """Publish the next fair batch. None when another dispatcher holds the lock right now."""
     settings = ctx.settings
     now = datetime.now(UTC)
-    with ctx.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # One round trip for the lock, both settings and the broker's fill. JIT compiling the
-            # small fair-batch query costs more than running it (seen while tenants was unanalyzed).
-            # No WAL flush wait at commit: a dispatched_at lost in a Postgres crash only means the
-            # sweeper hands the job back; a second delivery is harmless (the claim is a compare-and-set).
-            # The count's snapshot may predate a round that committed just before the lock was
-            # taken: the window can then overshoot by one batch, once (it is a soft bound anyway).
-            locked = conn.execute(LOCK_ROUND).first()
-            if locked is None or not locked[0]:
-                return None
-            in_broker = int(locked[3])
-        else:
-            in_broker = int(conn.execute(IN_BROKER).scalar_one())
-        free = settings.dispatch_window - in_broker
-        if free <= 0:
-            return []
-        batch = FAIR_BATCH_PG if conn.dialect.name == "postgresql" else FAIR_BATCH  # SQLite: no LATERAL
-        params = {"free": free, "default_cap": settings.tenant_max_running_jobs}
-        ids: list[uuid.UUID] = list(conn.execute(batch, params).scalars())
-        if ids:
-            conn.execute(MARK_DISPATCHED, {"ids": ids, "now": now})
+    if ctx.engine.dialect.name == "postgresql":
+        with ctx.engine.connect() as conn:
+            autocommit = conn.execution_options(isolation_level="AUTOCOMMIT")
+            params = {"window": settings.dispatch_window, "default_cap": settings.tenant_max_running_jobs, "now": now}
+            rows = autocommit.execute(ROUND_PG, params).all()
+        if not rows or not rows[0].ok:
+            return None
+        ids = [r.id for r in sorted((r for r in rows if r.id is not None), key=lambda r: (r.rn, r.created_at))]
+    else:
+        ids = _round_portable(ctx, now)
     published: list[str] = []
     for job_id in ids:
         try:
@@ -160,6 +181,20 @@ def dispatch_round(ctx: WorkerContext) -> list[str] | None:
             with ctx.engine.begin() as conn:
                 conn.execute(update(Job).where(Job.id == job_id, Job.dispatched_at == now).values(dispatched_at=None))
     return published
+
+
+def _round_portable(ctx: WorkerContext, now: datetime) -> list[uuid.UUID]:
+    """The round for SQLite (the embedded default: one worker, so no lock): count, pick, mark."""
+    settings = ctx.settings
+    with ctx.engine.begin() as conn:
+        free = settings.dispatch_window - int(conn.execute(IN_BROKER).scalar_one())
+        if free <= 0:
+            return []
+        params = {"free": free, "default_cap": settings.tenant_max_running_jobs}
+        ids: list[uuid.UUID] = list(conn.execute(FAIR_BATCH, params).scalars())
+        if ids:
+            conn.execute(MARK_DISPATCHED, {"ids": ids, "now": now})
+    return ids
 
 
 class Dispatcher:
