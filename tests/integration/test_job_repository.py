@@ -85,9 +85,9 @@ def test_a_job_cannot_hold_two_result_sets(pg_settings: Settings) -> None:
     row = {"job_id": job_id, "index": 0, "prompt": "liver", "label": "liver", "area_px": 1, "bbox": [0, 0, 1, 1],
            "height": 3, "width": 4, "encoding": "x", "data": b"x"}
     with engine.begin() as conn:
-        conn.execute(repo.insert_masks_stmt([row]))
+        conn.execute(repo.INSERT_MASKS, [row])
     with pytest.raises(Exception, match="pk__job_masks"), engine.begin() as conn:
-        conn.execute(repo.insert_masks_stmt([row]))
+        conn.execute(repo.INSERT_MASKS, [row])
     with engine.begin() as conn:
         assert conn.execute(select(JobMask.index).where(JobMask.job_id == job_id)).all() == [(0,)]
     engine.dispose()
