@@ -119,8 +119,8 @@ def round_stmt_pg() -> Select[Any]:
 
 
 def fair_batch_stmt() -> Select[Any]:
-    """Up to ``free`` undispatched job ids, round-robin across tenants within their caps (portable;
-    the same parameters as ``fair_batch_stmt_pg``)."""
+    """Up to ``free`` undispatched job ids, round-robin across tenants within their caps (portable:
+    the embedded default's SQLite has no LATERAL). Parameters: ``free``, ``default_cap``."""
     busy = _busy_per_tenant()
     ranked = (
         select(
