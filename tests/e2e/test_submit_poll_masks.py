@@ -106,3 +106,28 @@ def test_several_gateway_processes_share_the_port(pg_settings: Settings, tmp_pat
     finally:
         stop(proc)
     assert proc.returncode == 0
+
+
+def test_gateway_children_exit_when_the_parent_is_killed(pg_settings: Settings, tmp_path: Path) -> None:
+    """kill -9 of ``medparse serve --processes 2`` must not leave children answering on the port."""
+    from tests.conftest import free_port
+    from tests.e2e.processes import settings_env, start, stop, wait_http
+
+    port = free_port()
+    proc = start(["serve", "--processes", "2"], settings_env(pg_settings, MEDPARSE_PORT=str(port)),
+                 tmp_path / "gateway.log")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            except httpx.TransportError:
+                break  # nothing listens any more
+            time.sleep(0.2)
+        else:
+            raise AssertionError("a gateway child still answers after its parent was killed")
+    finally:
+        stop(proc)
