@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from db import jobs as repo
 from gateway.tenancy import scope_to_tenant
 from medparse.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Work that must commit with the job (its idempotency record, its webhook), run in the job's
 #: tenant scope after the job's rows are inserted.
@@ -82,6 +85,8 @@ class JobWriter:
                     if len(batch) == 1:
                         _settle(batch[0], exc)
                         continue
+                    log.warning("a batch of %d new jobs failed (%s); writing them one by one", len(batch),
+                                type(exc).__name__)
                     for job in batch:  # find the job that broke the batch; the others commit
                         try:
                             await self._commit([job])
