@@ -43,12 +43,12 @@ lint: install-test
 	$(BIN)/mypy medparse gateway workers db emulator
 
 bench: install-test
-	$(BIN)/python bench/worker.py
-	$(BIN)/python bench/accept.py
-	$(BIN)/python bench/latency.py
-	$(BIN)/python bench/utilisation.py
-	$(BIN)/python bench/fairness.py
-	$(BIN)/python bench/soak.py
+	-$(BIN)/python bench/worker.py
+	-$(BIN)/python bench/accept.py
+	-$(BIN)/python bench/latency.py
+	-$(BIN)/python bench/utilisation.py
+	-$(BIN)/python bench/fairness.py
+	-$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

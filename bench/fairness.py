@@ -74,6 +74,7 @@ from psycopg.types.json import Json  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 from tests.e2e.processes import stop, wait_http  # noqa: E402
+from tests.factories import ct_slice_png  # noqa: E402
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
 
 PROMPT = "liver"
@@ -93,19 +94,6 @@ POLL_S = 0.25
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
-
-
-def small_png(n: int = 128, seed: int = 3) -> bytes:
-    """A 128x128 gray CT-like slice (body ellipse, two organs, noise), ~10 kB."""
-    rng = np.random.default_rng(seed)
-    img = np.full((n, n), 20, np.uint8)
-    cv2.ellipse(img, (n // 2, n // 2), (int(n * 0.42), int(n * 0.32)), 0, 0, 360, 90, -1)
-    cv2.ellipse(img, (n // 2 - n // 8, n // 2), (n // 6, n // 8), 0, 0, 360, 200, -1)
-    cv2.ellipse(img, (n // 2 + n // 5, n // 2 + n // 12), (n // 14, n // 10), 0, 0, 360, 160, -1)
-    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-    ok, png = cv2.imencode(".png", img)
-    assert ok
-    return png.tobytes()
 
 
 def multipart_body(image: bytes, prompts: str) -> tuple[bytes, str]:
@@ -562,7 +550,7 @@ def run(args: argparse.Namespace) -> int:
     from medparse.migrate import upgrade
     from medparse.settings import Settings
 
-    image = small_png()
+    image = ct_slice_png()
     body, ctype = multipart_body(image, PROMPT)
     emulator_key = secrets.token_urlsafe(16)
     tmp = Path(tempfile.mkdtemp(prefix="medparse-fairness-"))

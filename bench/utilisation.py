@@ -52,14 +52,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
 import httpx  # noqa: E402
-import numpy as np  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
 
 from tests.conftest import free_port  # noqa: E402
 from tests.e2e.processes import stop, wait_http  # noqa: E402
+from tests.factories import ct_slice_png  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -153,22 +152,9 @@ def wait_for_quiet(max_s: float, busy_below: float = QUIET_BUSY, probe_s: float 
 
 # --- the job --------------------------------------------------------------------------------------
 
-def small_png(seed: int, n: int = 256) -> bytes:
-    """A 256x256 gray CT-like slice (body ellipse, two organs, noise)."""
-    rng = np.random.default_rng(seed)
-    img = np.full((n, n), 20, np.uint8)
-    cv2.ellipse(img, (n // 2, n // 2), (int(n * 0.42), int(n * 0.32)), 0, 0, 360, 90, -1)
-    cv2.ellipse(img, (n // 2 - n // 8, n // 2), (n // 6, n // 8), 0, 0, 360, 200, -1)
-    cv2.ellipse(img, (n // 2 + n // 5, n // 2 + n // 12), (n // 14, n // 10), 0, 0, 360, 160, -1)
-    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
-    ok, png = cv2.imencode(".png", img)
-    assert ok
-    return png.tobytes()
-
-
 def submit_backlog(base: str, api_keys: list[str], count: int, deadline_s: float = 60.0) -> list[str]:
     """``count`` jobs through ``POST /v1/jobs``, round-robin over the tenants' keys; returns the job ids."""
-    images = [small_png(seed) for seed in range(8)]
+    images = [ct_slice_png(256, seed) for seed in range(8)]
     deadline = time.monotonic() + deadline_s
     with httpx.Client(base_url=base, timeout=30.0, limits=httpx.Limits(max_connections=8)) as http:
         def one(index: int) -> str:

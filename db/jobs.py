@@ -29,7 +29,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import Job, JobInput, JobMask
 from db.status import JobStatus, check_transition
@@ -100,12 +99,8 @@ def insert_job_statements(job: NewJob) -> tuple[Any, Any]:
     return INSERT_JOB.values(job_row), INSERT_JOB_INPUT.values(input_row)
 
 
-def select_job(tenant_id: uuid.UUID, job_id: uuid.UUID) -> Select[Any]:
-    return select(*JOB_COLUMNS).where(Job.id == job_id, Job.tenant_id == tenant_id)
-
-
-#: ``select_job`` and ``select_mask_summaries`` built once, for the reads every wait ends with
-#: (parameters ``job_id``, ``tenant_id``): building a select and its cache key costs more than the query.
+#: A tenant's job, and a job's mask summaries in prompt order, built once (parameters ``job_id``,
+#: ``tenant_id``): building a select and its cache key costs more than running it.
 SELECT_JOB = select(*JOB_COLUMNS).where(
     Job.id == bindparam("job_id", type_=Job.id.type), Job.tenant_id == bindparam("tenant_id", type_=Job.tenant_id.type)
 )
@@ -117,10 +112,6 @@ SELECT_MASK_SUMMARIES = (
 
 def count_queued_stmt(tenant_id: uuid.UUID) -> Select[Any]:
     return select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued.value)
-
-
-def select_mask_summaries(job_id: uuid.UUID) -> Select[Any]:
-    return select(*MASK_SUMMARY_COLUMNS).where(JobMask.job_id == job_id).order_by(JobMask.index)
 
 
 def select_mask_data(job_id: uuid.UUID, index: int | None = None) -> Select[Any]:
@@ -179,12 +170,6 @@ def transition_stmt(
     return update(Job).where(*conditions).values(status=target.value, updated_at=now, **values)
 
 
-async def transition(conn: AsyncConnection, stmt: Update) -> None:
-    result = await conn.execute(stmt)
-    if result.rowcount != 1:
-        raise StaleTransition()
-
-
 def transition_sync(conn: Connection, stmt: Update) -> None:
     result = conn.execute(stmt)
     if result.rowcount != 1:
@@ -202,9 +187,9 @@ def _param(column: Any) -> Any:
 #: CLAIM: queued -> running, counting the attempt; RETURNING the new attempt number, what the job
 #: asks for and its image (one round trip). Parameters: ``job_id``, ``now``, ``lease_until``.
 _JOB_ID = bindparam("job_id", type_=Job.id.type)
+_NOW = bindparam("now", type_=Job.updated_at.type)
 CLAIM = transition_stmt(
-    _JOB_ID, JobStatus.queued, JobStatus.running, now=bindparam("now", type_=Job.updated_at.type),
-    started_at=bindparam("now", type_=Job.updated_at.type),
+    _JOB_ID, JobStatus.queued, JobStatus.running, now=_NOW, started_at=_NOW,
     lease_expires_at=bindparam("lease_until", type_=Job.lease_expires_at.type),
     attempts=Job.attempts + 1,
 ).returning(
@@ -212,7 +197,6 @@ CLAIM = transition_stmt(
     select(JobInput.data).where(JobInput.job_id == Job.id).scalar_subquery().label("image"),
     webhook_subscribed(),
 )
-_NOW = bindparam("now", type_=Job.updated_at.type)
 _ATTEMPT = bindparam("attempt", type_=Job.attempts.type)
 _USAGE: dict[str, Any] = {  # this attempt's endpoint calls and seconds, added to the job's totals
     "endpoint_calls": Job.endpoint_calls + bindparam("calls", type_=Job.endpoint_calls.type),

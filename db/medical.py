@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Select, Update, delete, insert, select, update
+from sqlalchemy import Select, Update, insert, select, update
 
 from db.models import Job, JobMedical
 from db.status import JobStatus
@@ -17,10 +17,6 @@ from db.status import JobStatus
 
 def insert_medical_stmt(job_id: uuid.UUID, values: dict[str, Any]) -> Any:
     return insert(JobMedical).values(job_id=job_id, **values)
-
-
-def delete_medical_stmt(job_id: uuid.UUID) -> Any:
-    return delete(JobMedical).where(JobMedical.job_id == job_id)
 
 
 def select_medical(tenant_id: uuid.UUID, job_id: uuid.UUID, *, with_data: bool = True) -> Select[Any]:

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Select, Update, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Insert, Select, Update, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from db.models import (
@@ -159,33 +159,35 @@ def insert_job_webhook_stmt(job_id: uuid.UUID, url: str, event_types: list[str])
     return insert(JobWebhook).values(job_id=job_id, url=url, event_types=event_types)
 
 
+def _tenant_has_endpoints() -> Any:
+    return (
+        select(WebhookEndpoint.id)
+        .where(WebhookEndpoint.tenant_id == Job.tenant_id, WebhookEndpoint.disabled_at.is_(None))
+        .exists()
+    )
+
+
 def webhook_subscribed() -> Any:
     """Whether anyone listens to this job's events (its own webhook, or an enabled endpoint of its
     tenant): RETURNING it with a status change spares the outbox a query when nobody does."""
     return or_(
-        select(JobWebhook.job_id).where(JobWebhook.job_id == Job.id).exists(),
-        select(WebhookEndpoint.id)
-        .where(WebhookEndpoint.tenant_id == Job.tenant_id, WebhookEndpoint.disabled_at.is_(None))
-        .exists(),
+        select(JobWebhook.job_id).where(JobWebhook.job_id == Job.id).exists(), _tenant_has_endpoints()
     ).label("webhook_subscribed")
 
 
-def select_job_with_webhook(job_id: uuid.UUID) -> Select[Any]:
-    """The job row (for the payload) and its own webhook, if any, in one round trip."""
-    return (
-        select(
-            *[c for c in Job.__table__.c],
-            JobWebhook.url.label("webhook_url"),
-            JobWebhook.event_types.label("webhook_events"),
-            JobWebhook.disabled_at.label("webhook_disabled_at"),
-            select(WebhookEndpoint.id)
-            .where(WebhookEndpoint.tenant_id == Job.tenant_id, WebhookEndpoint.disabled_at.is_(None))
-            .exists()
-            .label("tenant_has_endpoints"),
-        )
-        .outerjoin(JobWebhook, JobWebhook.job_id == Job.id)
-        .where(Job.id == job_id)
+#: The job row (for the payload) and its own webhook, if any, in one round trip. Parameter: ``job_id``.
+#: Built once: the outbox runs it with every status change of a job someone listens to.
+SELECT_JOB_WITH_WEBHOOK = (
+    select(
+        *Job.__table__.c,
+        JobWebhook.url.label("webhook_url"),
+        JobWebhook.event_types.label("webhook_events"),
+        JobWebhook.disabled_at.label("webhook_disabled_at"),
+        _tenant_has_endpoints().label("tenant_has_endpoints"),
     )
+    .outerjoin(JobWebhook, JobWebhook.job_id == Job.id)
+    .where(Job.id == bindparam("job_id", type_=Job.id.type))
+)
 
 
 def select_job_webhook_for_send(job_id: uuid.UUID) -> Select[Any]:
@@ -231,12 +233,23 @@ def due_deliveries_stmt(*, now: datetime, dispatched_before: datetime, limit: in
     )
 
 
-def mark_dispatched_stmt(delivery_id: uuid.UUID, *, now: datetime, dispatched_before: datetime) -> Update:
-    """Compare-and-set, so two workers' dispatchers do not both publish the same delivery."""
+def mark_dispatched_stmt(delivery_ids: list[uuid.UUID], *, now: datetime, dispatched_before: datetime) -> Update:
+    """Compare-and-set, so two workers' dispatchers do not both publish the same delivery;
+    RETURNING the ids this dispatcher took (one statement for the whole batch)."""
     return (
         update(WebhookDelivery)
-        .where(WebhookDelivery.id == delivery_id, _due(now), _not_recently_dispatched(dispatched_before))
+        .where(WebhookDelivery.id.in_(delivery_ids), _due(now), _not_recently_dispatched(dispatched_before))
         .values(dispatched_at=now)
+        .returning(WebhookDelivery.id)
+    )
+
+
+def unmark_dispatched_stmt(delivery_ids: list[uuid.UUID], *, now: datetime) -> Update:
+    """Hand deliveries whose publish failed back to the next dispatcher pass."""
+    return (
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id.in_(delivery_ids), WebhookDelivery.dispatched_at == now)
+        .values(dispatched_at=None)
     )
 
 

@@ -67,11 +67,11 @@ def score_body(body: bytes, limits: ScoringLimits) -> ScoredRequest:
     )
 
 
-def parse_request(body: bytes, limits: ScoringLimits) -> list[Row]:
-    """Rows of a scoring request, validated strictly.
+def parse_envelope(body: bytes, max_rows: int) -> tuple[int, int, list[list[Any]]]:
+    """The body's ``input_data`` envelope: (image column, text column, rows), checked (2-D and 3-D).
 
     Raises:
-        ModelInputError: the body, envelope or a row is malformed; the message says which and why.
+        ModelInputError: the body is not JSON, or the envelope is malformed.
     """
     try:
         payload = orjson.loads(body)
@@ -79,7 +79,16 @@ def parse_request(body: bytes, limits: ScoringLimits) -> list[Row]:
         raise ModelInputError("request body is not valid JSON") from exc
     if not isinstance(payload, dict) or not isinstance(payload.get("input_data"), dict):
         raise ModelInputError("request body must be a JSON object with an 'input_data' object")
-    image_column, text_column, data = _check_envelope(payload["input_data"], limits.max_rows)
+    return _check_envelope(payload["input_data"], max_rows)
+
+
+def parse_request(body: bytes, limits: ScoringLimits) -> list[Row]:
+    """Rows of a scoring request, validated strictly.
+
+    Raises:
+        ModelInputError: the body, envelope or a row is malformed; the message says which and why.
+    """
+    image_column, text_column, data = parse_envelope(body, limits.max_rows)
     rows = []
     for number, row in enumerate(data):
         image, text = row[image_column], row[text_column]

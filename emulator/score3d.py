@@ -23,7 +23,7 @@ import orjson
 import pybase64
 
 from emulator.categories import category_for_prompt
-from emulator.protocol import ModelInputError, ScoredRequest, _b64decode, _check_envelope, split_prompts
+from emulator.protocol import ModelInputError, ScoredRequest, _b64decode, parse_envelope, split_prompts
 from emulator.segment import segment_image
 
 #: Voxels of a volume the emulator segments; guards its memory, far above the test volumes.
@@ -38,13 +38,7 @@ class Scoring3DLimits:
 
 def score3d_body(body: bytes, limits: Scoring3DLimits) -> ScoredRequest:
     """Parse, segment and encode a 3-D request (CPU-bound: run it off the event loop)."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ModelInputError("request body is not valid JSON") from exc
-    if not isinstance(payload, dict) or not isinstance(payload.get("input_data"), dict):
-        raise ModelInputError("request body must be a JSON object with an 'input_data' object")
-    image_column, text_column, data = _check_envelope(payload["input_data"], max_rows=1)
+    image_column, text_column, data = parse_envelope(body, max_rows=1)
     image, text = data[0][image_column], data[0][text_column]
     if not isinstance(image, str) or not isinstance(text, str):
         raise ModelInputError("row 0: image and text must be strings")

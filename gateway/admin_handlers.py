@@ -4,34 +4,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from gateway import admin_services as services
 from gateway.admin_schemas import KeyCreate, KeysPublic, TenantCreate, TenantQuotasPatch, TenantsPublic
 from gateway.auth import principal
-from gateway.handlers import json_response
+from gateway.handlers import json_response, parse_body, path_uuid
 from gateway.keys import ENGINE
-from gateway.problems import field_error, not_found
-from gateway.submission import validation_problem
-
-M = TypeVar("M", bound=BaseModel)
-
-
-async def _body(request: web.Request, model: type[M]) -> M:
-    try:
-        return model.model_validate_json(await request.read() or b"{}")
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+from gateway.problems import field_error
 
 
 def _tenant_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["tenant_id"])
-    except ValueError:
-        raise not_found("tenant") from None
+    return path_uuid(request, "tenant_id", "tenant")
 
 
 async def list_tenants(request: web.Request) -> web.Response:
@@ -41,13 +26,13 @@ async def list_tenants(request: web.Request) -> web.Response:
 
 async def create_tenant(request: web.Request) -> web.Response:
     principal(request, "admin")
-    tenant = await services.create_tenant(request.app[ENGINE], await _body(request, TenantCreate))
+    tenant = await services.create_tenant(request.app[ENGINE], await parse_body(request, TenantCreate, empty=b"{}"))
     return json_response(tenant, status=201)
 
 
 async def update_tenant(request: web.Request) -> web.Response:
     principal(request, "admin")
-    patch = await _body(request, TenantQuotasPatch)
+    patch = await parse_body(request, TenantQuotasPatch, empty=b"{}")
     return json_response(await services.update_tenant(request.app[ENGINE], _tenant_id(request), patch))
 
 
@@ -58,7 +43,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def create_key(request: web.Request) -> web.Response:
     principal(request, "admin")
-    body = await _body(request, KeyCreate)
+    body = await parse_body(request, KeyCreate, empty=b"{}")
     return json_response(await services.create_key(request.app[ENGINE], _tenant_id(request), body), status=201)
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -105,7 +105,6 @@ async def usage(engine: AsyncEngine, tenant_id: uuid.UUID, start: datetime, end:
             func.coalesce(func.sum(Job.prompt_count), 0),
             func.coalesce(func.sum(Job.endpoint_calls), 0),
             func.coalesce(func.sum(Job.endpoint_seconds), 0.0),
-            func.sum(case((Job.result_width.is_not(None), 1), else_=0)),
         )
         .where(Job.tenant_id == tenant_id, Job.created_at >= start, Job.created_at < end)
         .group_by(Job.status)

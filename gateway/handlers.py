@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import TypeVar
 
 import numpy as np
 import orjson
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from db.status import JobStatus, is_terminal
 from gateway import idempotency, services
@@ -15,7 +17,7 @@ from gateway.auth import principal
 from gateway.keys import ENGINE, EVENTS, JOB_WRITER, NUDGER, QUEUED_GAUGE, SETTINGS
 from gateway.problems import field_error, not_found
 from gateway.schemas import HealthPublic, JobPublic, JobsPublic
-from gateway.submission import parse_submission
+from gateway.submission import parse_submission, validation_problem
 from medparse import masks
 from medparse.settings import Settings
 
@@ -41,11 +43,39 @@ def requested_wait(request: web.Request, settings: Settings) -> float | None:
     return None
 
 
-def job_id_from(request: web.Request) -> uuid.UUID:
+M = TypeVar("M", bound=BaseModel)
+
+
+def path_uuid(request: web.Request, name: str = "job_id", what: str = "job") -> uuid.UUID:
+    """The id in the path; one that is not a UUID names nothing: 404 ``<what>_not_found``."""
     try:
-        return uuid.UUID(request.match_info["job_id"])
+        return uuid.UUID(request.match_info[name])
     except ValueError:
-        raise not_found() from None
+        raise not_found(what) from None
+
+
+def job_id_from(request: web.Request) -> uuid.UUID:
+    return path_uuid(request)
+
+
+def page_limit(request: web.Request) -> int:
+    """``?limit=`` of a list route (rows per page), within the settings' bounds."""
+    settings = request.app[SETTINGS]
+    try:
+        limit = int(request.query.get("limit", settings.default_page_size))
+    except ValueError:
+        raise field_error("limit", "must be an integer", status=400) from None
+    if not 1 <= limit <= settings.max_page_size:
+        raise field_error("limit", f"must be between 1 and {settings.max_page_size}", status=400)
+    return limit
+
+
+async def parse_body(request: web.Request, model: type[M], *, empty: bytes = b"") -> M:
+    """The JSON body as ``model`` (an empty body reads as ``empty``); 422 naming the fields otherwise."""
+    try:
+        return model.model_validate_json(await request.read() or empty)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
 
 
 async def _maybe_wait(
@@ -85,7 +115,6 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def list_jobs(request: web.Request) -> web.Response:
     who = principal(request, "jobs:read")
-    settings = request.app[SETTINGS]
     query = request.query
     status = None
     if query.get("status"):
@@ -93,14 +122,8 @@ async def list_jobs(request: web.Request) -> web.Response:
             status = JobStatus(query["status"])
         except ValueError:
             raise field_error("status", f"one of {', '.join(s.value for s in JobStatus)}", status=400) from None
-    try:
-        limit = int(query.get("limit", settings.default_page_size))
-    except ValueError:
-        raise field_error("limit", "must be an integer", status=400) from None
-    if not 1 <= limit <= settings.max_page_size:
-        raise field_error("limit", f"must be between 1 and {settings.max_page_size}", status=400)
     jobs, cursor = await services.list_jobs(
-        request.app[ENGINE], who.tenant_id, status=status, limit=limit, cursor=query.get("cursor")
+        request.app[ENGINE], who.tenant_id, status=status, limit=page_limit(request), cursor=query.get("cursor")
     )
     return json_response(JobsPublic(data=jobs, next_cursor=cursor))
 
@@ -126,14 +149,17 @@ async def get_mask_png(request: web.Request) -> web.Response:
         index = int(request.match_info["index"])
     except ValueError:
         raise not_found("mask") from None
-    (mask,) = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), index)
-    return web.Response(body=masks.mask_png(mask), content_type="image/png")
+    rows = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), index)
+    # Decoding and encoding a mask of up to max_image_pixels is CPU work: not on the event loop.
+    body = await asyncio.to_thread(lambda: masks.mask_png(services.decode_masks(rows)[0]))
+    return web.Response(body=body, content_type="image/png")
 
 
 async def get_masks_npz(request: web.Request) -> web.Response:
     who = principal(request, "jobs:read")
-    all_masks = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), None)
-    return web.Response(body=masks.masks_npz(np.stack(all_masks)), content_type="application/octet-stream")
+    rows = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), None)
+    body = await asyncio.to_thread(lambda: masks.masks_npz(np.stack(services.decode_masks(rows))))
+    return web.Response(body=body, content_type="application/octet-stream")
 
 
 async def healthz(request: web.Request) -> web.Response:

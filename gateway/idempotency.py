@@ -22,7 +22,7 @@ from db import idempotency as repo
 from gateway.auth import PRINCIPAL
 from gateway.keys import ENGINE, SETTINGS
 from gateway.problems import ApiProblem, field_error
-from gateway.tenancy import scope_to_tenant, tenant_transaction
+from gateway.tenancy import tenant_transaction
 from medparse.settings import Settings
 
 HEADER = "Idempotency-Key"
@@ -107,8 +107,8 @@ async def reserve(
 async def complete_in(
     conn: AsyncConnection, reservation: Reservation, response: web.Response, job_id: uuid.UUID | None = None
 ) -> None:
-    """Store the response inside the caller's transaction (the use case's own commit)."""
-    await scope_to_tenant(conn, reservation.tenant_id)
+    """Store the response inside the caller's transaction (the use case's own commit), which is
+    scoped to the reservation's tenant already."""
     headers = {k: v for k, v in response.headers.items() if k in ("Location", "Content-Type")}
     body = response.body if isinstance(response.body, bytes) else b""
     await conn.execute(
@@ -119,7 +119,7 @@ async def complete_in(
 
 
 async def complete(engine: AsyncEngine, reservation: Reservation, response: web.Response) -> None:
-    async with engine.begin() as conn:
+    async with tenant_transaction(engine, reservation.tenant_id) as conn:
         await complete_in(conn, reservation, response)
 
 

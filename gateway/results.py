@@ -25,6 +25,7 @@ from db import jobs as repo
 from db import medical as medical_repo
 from db.status import JobStatus
 from gateway.auth import principal
+from gateway.handlers import job_id_from
 from gateway.keys import ENGINE, SETTINGS
 from gateway.medical import is_volume_row
 from gateway.problems import ApiProblem, field_error, not_found
@@ -65,10 +66,7 @@ class Rendered:
 
 async def get_result(request: web.Request) -> web.Response:
     who = principal(request, "jobs:read")
-    try:
-        job_id = uuid.UUID(request.match_info["job_id"])
-    except ValueError:
-        raise not_found() from None
+    job_id = job_id_from(request)
     fmt = request.query.get("format", "")
     if fmt not in FORMATS:
         raise field_error("format", f"one of {', '.join(FORMATS)}", status=400)
@@ -105,12 +103,12 @@ def _provenance_header(provenance: dict[str, Any]) -> str:
 
 async def load_result(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID, *, need_input: bool) -> Loaded:
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
+        row = (await conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
         if row is None:
             raise not_found()
         if row["status"] != JobStatus.succeeded.value:
             raise ApiProblem(409, "job_not_succeeded", f"the job is {row['status']}; results exist once it succeeded")
-        summaries = [dict(m) for m in (await conn.execute(repo.select_mask_summaries(job_id))).mappings()]
+        summaries = [dict(m) for m in (await conn.execute(repo.SELECT_MASK_SUMMARIES, {"job_id": job_id})).mappings()]
         medical_row = (await conn.execute(medical_repo.select_medical(tenant_id, job_id))).mappings().first()
         mask_rows = None
         if not is_volume_row(row):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from db import jobs as repo
 from db.job_snapshot import decode_snapshot
 from db.status import CANCELABLE, JobStatus, is_terminal
+from db.webhooks import webhook_subscribed
 from gateway import idempotency, medical
 from gateway.auth import Principal
 from gateway.cursors import decode_cursor, encode_cursor
@@ -33,7 +35,9 @@ from medparse.medical.errors import OptionRejected
 from medparse.settings import Settings
 from medparse.webhooks.outbox import record_transition_async
 
-#: Images up to this size are probed on the event loop: a thread hop costs more than the decode.
+T = TypeVar("T")
+
+#: Images up to this size are probed (and hashed) on the event loop: a thread hop costs more.
 INLINE_PROBE_BYTES = 256 * 1024
 
 
@@ -100,14 +104,18 @@ def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | N
     )
 
 
+async def _off_the_loop_if_large(size: int, work: Callable[[], T]) -> T:
+    """``work()`` on the event loop for an image up to INLINE_PROBE_BYTES, else in a thread."""
+    if size <= INLINE_PROBE_BYTES:
+        return work()
+    return await asyncio.to_thread(work)
+
+
 async def probe_upload(
     image: bytes, settings: Settings, options: Mapping[str, Any] | None = None
 ) -> imaging.ImageInfo:
     try:
-        if len(image) <= INLINE_PROBE_BYTES:
-            return medical.probe(image, settings, options)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: medical.probe(image, settings, options))
+        return await _off_the_loop_if_large(len(image), lambda: medical.probe(image, settings, options))
     except imaging.ImageRejected as exc:
         status = 413 if exc.code == "image_too_large" else (415 if exc.code == "unsupported_format" else 422)
         fields = [{"field": "image", "message": exc.message}]
@@ -142,9 +150,11 @@ async def submit_job(
         )
     reservation = None
     if idempotency_key is not None:
+        image = submission.image
+        digest = await _off_the_loop_if_large(len(image), lambda: hashlib.sha256(image).hexdigest())
         outcome = await idempotency.reserve(
             engine, settings, who.tenant_id, idempotency_key,
-            idempotency.fingerprint("POST /v1/jobs", *submission.fingerprint_parts()),
+            idempotency.fingerprint("POST /v1/jobs", *submission.fingerprint_parts(digest)),
         )
         if isinstance(outcome, idempotency.StoredResponse):
             return Submitted(job=None, replay=outcome)
@@ -305,7 +315,7 @@ async def list_jobs(
 
 async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
+        row = (await conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
         if row is None:
             raise not_found()
         current = JobStatus(row["status"])
@@ -316,12 +326,12 @@ async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUI
             job_id, current, JobStatus.canceled, now=now, tenant_id=tenant_id, completed_at=now,
             lease_expires_at=None,
         )
-        try:
-            await repo.transition(conn, stmt)
-        except repo.StaleTransition:
-            raise ApiProblem(409, "job_changed", "the job changed state meanwhile; fetch it and retry") from None
-        await record_transition_async(conn, job_id, JobStatus.canceled)  # webhook outbox, same transaction
-    return await get_job(engine, tenant_id, job_id)
+        changed = (await conn.execute(stmt.returning(*repo.JOB_COLUMNS, webhook_subscribed()))).mappings().first()
+        if changed is None:
+            raise ApiProblem(409, "job_changed", "the job changed state meanwhile; fetch it and retry")
+        if changed["webhook_subscribed"]:
+            await record_transition_async(conn, job_id, JobStatus.canceled)  # webhook outbox, same transaction
+    return to_public(changed, None)  # canceled: no result to read
 
 
 async def delete_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:
@@ -334,9 +344,9 @@ async def delete_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUI
 async def load_masks(
     engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID, index: int | None
 ) -> list[Any]:
-    """Decoded 0/1 masks of a succeeded job (one, or all in prompt order)."""
+    """The stored mask rows of a succeeded job (one, or all in prompt order); ``decode_masks`` them."""
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.select_job(tenant_id, job_id))).mappings().first()
+        row = (await conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
         if row is None:
             raise not_found()
         if row["status"] != JobStatus.succeeded.value:
@@ -348,6 +358,11 @@ async def load_masks(
         raise ApiProblem(
             409, "volume_result", "the job's masks are volumes; use result?format=npz or result?format=nifti"
         )
+    return mask_rows
+
+
+def decode_masks(mask_rows: list[Any]) -> list[Any]:
+    """0/1 arrays of ``load_masks`` rows (CPU work: handlers run it off the event loop)."""
     return [masks.decode_mask(m["data"], m["height"], m["width"]) for m in mask_rows]
 
 

@@ -6,7 +6,6 @@ Every limit is a named setting; every rejection names the field and says why.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import re
 from dataclasses import dataclass
 
@@ -38,10 +37,11 @@ class JobSubmission:
     #: ``webhook_url`` / ``webhook_events`` (see gateway.webhook_submission)
     webhook: JobWebhookRequest | None = None
 
-    def fingerprint_parts(self) -> list[str]:
-        """What the request asks for, for Idempotency-Key matching (not the raw multipart bytes)."""
+    def fingerprint_parts(self, image_sha256: str) -> list[str]:
+        """What the request asks for, for Idempotency-Key matching (not the raw multipart bytes);
+        ``image_sha256``: the hex digest of ``image``, hashed off the event loop when large."""
         return [
-            hashlib.sha256(self.image).hexdigest(),
+            image_sha256,
             "\x1f".join(self.prompts),
             self.options.model_dump_json(exclude_none=True),
             str(self.priority),
@@ -177,8 +177,8 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
             options = await _read_part(part, settings.max_options_chars, "options")
         elif name == "priority":
             priority = (await _read_part(part, 16, "priority")).decode("ascii", errors="replace")
-        elif webhook.accepts(name):
-            await webhook.read(part)
+        elif name is not None and webhook.accepts(name):
+            await webhook.read(part, name)
         else:
             raise field_error(
                 str(name),

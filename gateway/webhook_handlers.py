@@ -7,56 +7,33 @@ rotating secrets and replaying deliveries need ``jobs:write``.
 from __future__ import annotations
 
 import uuid
-from typing import TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
 
 from db.webhooks import DELIVERY_STATUSES
 from gateway import webhook_services as services
 from gateway.auth import principal
-from gateway.handlers import json_response
+from gateway.handlers import json_response, page_limit, parse_body, path_uuid
 from gateway.keys import ENGINE, SETTINGS
-from gateway.problems import field_error, not_found
-from gateway.submission import validation_problem
+from gateway.problems import field_error
 from gateway.webhook_schemas import DeliveriesPublic, WebhookCreate, WebhooksPublic, WebhookUpdate
 from gateway.webhook_submission import target_policy
 
 READ, WRITE = "jobs:read", "jobs:write"
-M = TypeVar("M", bound=BaseModel)
-
-
-def _uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info[name])
-    except ValueError:
-        raise not_found(what) from None
-
-
-async def _body(request: web.Request, model: type[M]) -> M:
-    try:
-        return model.model_validate_json(await request.read())
-    except ValidationError as exc:
-        raise validation_problem(exc) from None
+def _webhook_id(request: web.Request) -> uuid.UUID:
+    return path_uuid(request, "webhook_id", "webhook")
 
 
 def _page(request: web.Request) -> tuple[str | None, int, str | None]:
-    settings = request.app[SETTINGS]
     status = request.query.get("status") or None
     if status is not None and status not in DELIVERY_STATUSES:
         raise field_error("status", f"one of {', '.join(DELIVERY_STATUSES)}", status=400)
-    try:
-        limit = int(request.query.get("limit", settings.default_page_size))
-    except ValueError:
-        raise field_error("limit", "must be an integer", status=400) from None
-    if not 1 <= limit <= settings.max_page_size:
-        raise field_error("limit", f"must be between 1 and {settings.max_page_size}", status=400)
-    return status, limit, request.query.get("cursor")
+    return status, page_limit(request), request.query.get("cursor")
 
 
 async def create_webhook(request: web.Request) -> web.Response:
     who = principal(request, WRITE)
-    body = await _body(request, WebhookCreate)
+    body = await parse_body(request, WebhookCreate)
     created = await services.create_endpoint(
         request.app[ENGINE], request.app[SETTINGS], target_policy(request.app), who.tenant_id, body
     )
@@ -70,14 +47,14 @@ async def list_webhooks(request: web.Request) -> web.Response:
 
 async def get_webhook(request: web.Request) -> web.Response:
     who = principal(request, READ)
-    endpoint_id = _uuid(request, "webhook_id", "webhook")
+    endpoint_id = _webhook_id(request)
     return json_response(await services.get_endpoint(request.app[ENGINE], who.tenant_id, endpoint_id))
 
 
 async def update_webhook(request: web.Request) -> web.Response:
     who = principal(request, WRITE)
-    endpoint_id = _uuid(request, "webhook_id", "webhook")
-    body = await _body(request, WebhookUpdate)
+    endpoint_id = _webhook_id(request)
+    body = await parse_body(request, WebhookUpdate)
     updated = await services.update_endpoint(
         request.app[ENGINE], target_policy(request.app), who.tenant_id, endpoint_id, body
     )
@@ -86,19 +63,19 @@ async def update_webhook(request: web.Request) -> web.Response:
 
 async def delete_webhook(request: web.Request) -> web.Response:
     who = principal(request, WRITE)
-    await services.delete_endpoint(request.app[ENGINE], who.tenant_id, _uuid(request, "webhook_id", "webhook"))
+    await services.delete_endpoint(request.app[ENGINE], who.tenant_id, _webhook_id(request))
     return web.Response(status=204)
 
 
 async def get_webhook_secret(request: web.Request) -> web.Response:
     who = principal(request, WRITE)
-    endpoint_id = _uuid(request, "webhook_id", "webhook")
+    endpoint_id = _webhook_id(request)
     return json_response(await services.endpoint_secret(request.app[ENGINE], who.tenant_id, endpoint_id))
 
 
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
     who = principal(request, WRITE)
-    endpoint_id = _uuid(request, "webhook_id", "webhook")
+    endpoint_id = _webhook_id(request)
     secret = await services.rotate_endpoint_secret(
         request.app[ENGINE], request.app[SETTINGS], who.tenant_id, endpoint_id
     )
@@ -129,11 +106,11 @@ async def _deliveries(
 
 
 async def list_job_deliveries(request: web.Request) -> web.Response:
-    return await _deliveries(request, job_id=_uuid(request, "job_id", "job"))
+    return await _deliveries(request, job_id=path_uuid(request))
 
 
 async def list_webhook_deliveries(request: web.Request) -> web.Response:
-    return await _deliveries(request, endpoint_id=_uuid(request, "webhook_id", "webhook"))
+    return await _deliveries(request, endpoint_id=_webhook_id(request))
 
 
 async def list_all_deliveries(request: web.Request) -> web.Response:
@@ -142,13 +119,14 @@ async def list_all_deliveries(request: web.Request) -> web.Response:
 
 async def get_delivery(request: web.Request) -> web.Response:
     who = principal(request, READ)
-    delivery_id = _uuid(request, "delivery_id", "delivery")
+    delivery_id = path_uuid(request, "delivery_id", "delivery")
     return json_response(await services.get_delivery(request.app[ENGINE], who.tenant_id, delivery_id))
 
 
 async def redeliver(request: web.Request) -> web.Response:
     who = principal(request, WRITE)
-    delivery = await services.redeliver(request.app[ENGINE], who.tenant_id, _uuid(request, "delivery_id", "delivery"))
+    delivery_id = path_uuid(request, "delivery_id", "delivery")
+    delivery = await services.redeliver(request.app[ENGINE], who.tenant_id, delivery_id)
     return json_response(delivery, status=202)
 
 

@@ -230,7 +230,8 @@ async def list_deliveries(
     """The tenant's deliveries (of one job, of one endpoint, or all), newest first, with attempts."""
     after = decode_cursor(cursor) if cursor else None
     async with tenant_transaction(engine, tenant_id) as conn:
-        if job_id is not None and (await conn.execute(jobs_repo.select_job(tenant_id, job_id))).first() is None:
+        ids = {"job_id": job_id, "tenant_id": tenant_id}
+        if job_id is not None and (await conn.execute(jobs_repo.SELECT_JOB, ids)).first() is None:
             raise not_found()
         if endpoint_id is not None:
             await _endpoint_row(conn, tenant_id, endpoint_id)

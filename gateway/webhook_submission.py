@@ -100,20 +100,21 @@ class WebhookFormFields:
     def accepts(name: str | None) -> bool:
         return name in FIELDS
 
-    async def read(self, part: BodyPartReader) -> None:
+    async def read(self, part: BodyPartReader, name: str) -> None:
+        """The value of form field ``name`` (as gateway.submission.field_name parsed it)."""
         chunks: list[bytes] = []
         size = 0
-        limit = MAX_URL_CHARS if part.name == "webhook_url" else MAX_EVENTS_CHARS
+        limit = MAX_URL_CHARS if name == "webhook_url" else MAX_EVENTS_CHARS
         while chunk := await part.read_chunk(4096):
             size += len(chunk)
             if size > limit:
-                raise field_error(str(part.name), f"at most {limit} characters")
+                raise field_error(name, f"at most {limit} characters")
             chunks.append(chunk)
         try:
             value = b"".join(chunks).decode("utf-8", errors="strict")
         except UnicodeDecodeError:
-            raise field_error(str(part.name), "must be UTF-8 text", status=400) from None
-        if part.name == "webhook_url":
+            raise field_error(name, "must be UTF-8 text", status=400) from None
+        if name == "webhook_url":
             if self.url is not None:
                 raise field_error("webhook_url", "given more than once", status=400)
             self.url = value

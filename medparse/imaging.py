@@ -263,7 +263,7 @@ def _check_declared_png(width: int, height: int, max_pixels: int) -> None:
 def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
     """Open with the sniffed format only, check the size, decode fully, read the EXIF orientation."""
     fmt = _sniff(data)
-    with _quiet_pillow():
+    with quiet_warnings():
         try:
             im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]])
             width, height = im.size
@@ -286,10 +286,14 @@ def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
 
 
 @contextmanager
-def _quiet_pillow() -> Iterator[None]:
-    # Pillow warns where we want a verdict: DecompressionBombWarning (our own limit is stricter and
-    # checked explicitly), corrupt EXIF, odd TIFF tags, palette transparency on conversion.
-    # catch_warnings is process-global state; acceptable, as it only silences warnings meanwhile.
+def quiet_warnings() -> Iterator[None]:
+    """Silence the decoders' warnings (Pillow, pydicom, nibabel) where we want a verdict instead.
+
+    Pillow: DecompressionBombWarning (our own limit is stricter and checked explicitly), corrupt
+    EXIF, odd TIFF tags, palette transparency; pydicom: odd-but-readable files (invalid VRs, extra
+    bytes). An upload either reads or gets a clear 4xx, so the warnings only add noise (and fail
+    strict tests). catch_warnings is process-global state; acceptable, as it only silences meanwhile.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
@@ -344,7 +348,7 @@ def _load(
     im, fmt, orientation = _open_decoded(data, max_pixels)
     mode = im.mode
     try:
-        with _quiet_pillow():
+        with quiet_warnings():
             if mode in _NATIVE_MODES:
                 raw = np.asarray(im)
             elif mode in _GRAY_MODES:

@@ -6,14 +6,13 @@ we sent it. Foreground is ``>= 128``, the model card's 0.5 threshold.
 
 from __future__ import annotations
 
-import io
-import zipfile
 import zlib
 
 import cv2
 import numpy as np
 
 from medparse.imaging import Geometry
+from medparse.outputs import archive
 
 #: Stored masks: np.packbits (row-major, most significant bit first, last byte zero-padded), then
 #: zlib level 1. 1.8-3 KB for a realistic 1024x1024 mask, never more than packbits + ~50 bytes.
@@ -139,12 +138,7 @@ def masks_npz(masks01: np.ndarray) -> bytes:
     m = np.asarray(masks01)
     if m.ndim != 3:
         raise ValueError(f"expected (N, H, W) masks, got shape {m.shape}")
-    binary = np.not_equal(m, 0).view(np.uint8)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        with archive.open("masks.npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array(member, binary, allow_pickle=False)
-    return buffer.getvalue()
+    return archive.npz_bytes({"masks": np.not_equal(m, 0).view(np.uint8)})
 
 
 def _as_u8_2d(mask: np.ndarray) -> np.ndarray:

@@ -38,3 +38,16 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(bool), b.astype(bool)
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def ct_slice_png(n: int = 128, seed: int = 3) -> bytes:
+    """An n x n gray CT-like slice (body ellipse, two organs, noise) as PNG; ~10 kB at 128."""
+    rng = np.random.default_rng(seed)
+    img = np.full((n, n), 20, np.uint8)
+    cv2.ellipse(img, (n // 2, n // 2), (int(n * 0.42), int(n * 0.32)), 0, 0, 360, 90, -1)
+    cv2.ellipse(img, (n // 2 - n // 8, n // 2), (n // 6, n // 8), 0, 0, 360, 200, -1)
+    cv2.ellipse(img, (n // 2 + n // 5, n // 2 + n // 12), (n // 14, n // 10), 0, 0, 360, 160, -1)
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    ok, png = cv2.imencode(".png", img)
+    assert ok
+    return png.tobytes()

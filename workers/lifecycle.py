@@ -99,17 +99,16 @@ def finish(
     try:
         with engine.begin() as conn:
             changed = _compare_and_set(conn, repo.SUCCEED, params)
-            # No DELETE first: masks are only written here, in the transaction that makes the job
-            # succeeded (terminal), so a running attempt never finds any.
+            # No DELETE first: masks (and the medical row) are only written here, in the transaction
+            # that makes the job succeeded (terminal), so a running attempt never finds any.
             if rows:
                 conn.execute(repo.INSERT_MASKS, rows)
             if result.medical is not None:  # DICOM/NIfTI source header, a volume's masks (db/medical.py)
-                conn.execute(medical_repo.delete_medical_stmt(claimed.job_id))
                 conn.execute(medical_repo.insert_medical_stmt(claimed.job_id, result.medical))
             if delete_input:
                 conn.execute(repo.delete_input_stmt(claimed.job_id))
-            if changed["webhook_subscribed"]:  # after the masks: the "succeeded" payload lists them
-                record_transition(conn, claimed.job_id, JobStatus.succeeded)  # webhook outbox, same transaction
+            if changed["webhook_subscribed"]:  # webhook outbox, same transaction; the payload lists the masks
+                record_transition(conn, claimed.job_id, JobStatus.succeeded, masks=rows)
     except repo.StaleTransition:
         log.info("job %s attempt %d: result discarded (job canceled or taken over)", claimed.job_id, claimed.attempt)
         return None

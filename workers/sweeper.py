@@ -54,8 +54,11 @@ def _take_back_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -
                 record_transition(conn, job_id, target)  # webhook outbox (job.failed), same transaction
         except repo.StaleTransition:
             continue  # finished or swept by someone else meanwhile
-        (report.exhausted if target is JobStatus.failed else report.requeued).append(str(job_id))
-        ctx.notifier.job_changed(str(job_id))
+        if target is JobStatus.failed:
+            report.exhausted.append(str(job_id))
+            ctx.notifier.job_changed(str(job_id))  # terminal: what a Prefer: wait request waits for
+        else:
+            report.requeued.append(str(job_id))
 
 
 def _return_stale_to_dispatcher(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
@@ -66,10 +69,9 @@ def _return_stale_to_dispatcher(ctx: WorkerContext, now: datetime, report: Sweep
 
 
 def _purge_expired(ctx: WorkerContext, now: datetime, report: SweepReport) -> None:
-    with ctx.engine.begin() as conn:
-        conn.execute(purge_expired_stmt(created_before=now - timedelta(seconds=ctx.settings.idempotency_ttl_s)))
     before = now - timedelta(days=ctx.settings.retention_days)
     with ctx.engine.begin() as conn:
+        conn.execute(purge_expired_stmt(created_before=now - timedelta(seconds=ctx.settings.idempotency_ttl_s)))
         report.purged += conn.execute(repo.purge_finished_stmt(completed_before=before, limit=BATCH)).rowcount
 
 

@@ -70,8 +70,10 @@ def _target(conn: Connection, tenant_id: uuid.UUID, job_id: uuid.UUID, endpoint_
     hook = conn.execute(repo.select_job_webhook_for_send(job_id)).mappings().first()
     if hook is None or hook["disabled_at"] is not None:
         return None, []
-    conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), now))
-    sec = conn.execute(repo.select_tenant_secret(tenant_id)).mappings().one()
+    sec = conn.execute(repo.select_tenant_secret(tenant_id)).mappings().first()
+    if sec is None:  # the submission stores the secret with the job's webhook; this is a fallback
+        conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), now))
+        sec = conn.execute(repo.select_tenant_secret(tenant_id)).mappings().one()
     return hook["url"], _signing_secrets(sec["secret"], sec["previous_secret"], sec["previous_secret_expires_at"], now)
 
 

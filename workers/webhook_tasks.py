@@ -60,12 +60,19 @@ def publish_due(ctx: WorkerContext, now: datetime | None = None) -> list[str]:
     before = now - timedelta(seconds=ctx.settings.redispatch_after_s)
     with ctx.engine.begin() as conn:
         due = list(conn.execute(repo.due_deliveries_stmt(now=now, dispatched_before=before, limit=BATCH)).scalars())
-    published = []
-    for delivery_id in due:
-        with ctx.engine.begin() as conn:
-            if conn.execute(repo.mark_dispatched_stmt(delivery_id, now=now, dispatched_before=before)).rowcount != 1:
-                continue  # another worker's dispatcher took it
-        ctx.app.send_task(WEBHOOK_TASK, args=[str(delivery_id)], queue=WEBHOOK_QUEUE)
+        if not due:
+            return []
+        # Another worker's dispatcher may take some meanwhile: only those marked here are ours.
+        taken = set(conn.execute(repo.mark_dispatched_stmt(due, now=now, dispatched_before=before)).scalars())
+    ours = [delivery_id for delivery_id in due if delivery_id in taken]
+    published: list[str] = []
+    for i, delivery_id in enumerate(ours):
+        try:
+            ctx.app.send_task(WEBHOOK_TASK, args=[str(delivery_id)], queue=WEBHOOK_QUEUE)
+        except Exception:  # broker down: the rest go back to the next pass, as if never taken
+            with ctx.engine.begin() as conn:
+                conn.execute(repo.unmark_dispatched_stmt(ours[i:], now=now))
+            raise
         published.append(str(delivery_id))
     return published
 

@@ -12,9 +12,7 @@ openjpeg and rle; pyjpegls); one without an available decoder is refused up fron
 from __future__ import annotations
 
 import io
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
 
 from medparse.imaging import ImageRejected
+from medparse.imaging import quiet_warnings as quiet
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 #: Photometric interpretations we can turn into gray or RGB pixels.
@@ -52,15 +51,6 @@ class DicomHeader:
             "frames": self.frames, "photometric": self.photometric, "transfer_syntax": self.transfer_syntax,
             "modality": self.modality, "samples_per_pixel": self.samples_per_pixel,
         }
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    # pydicom and the plugins warn about odd-but-readable files (invalid VRs, extra bytes); the
-    # upload either reads or gets a clear 4xx, so the warnings only add noise (and fail strict tests).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def corrupt(detail: str = "") -> ImageRejected:

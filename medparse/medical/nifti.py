@@ -12,10 +12,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
-import warnings
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from medparse.imaging import ImageRejected
+from medparse.imaging import quiet_warnings as quiet
 from medparse.medical.formats import GZIP_MAGIC, NIFTI2_HEADER_SIZE, header_prefix, nifti_header_kind
 
 #: NIfTI datatype code -> numpy dtype of the values we accept (complex, RGB and float128 are not images we segment).
@@ -56,13 +54,6 @@ class NiftiHeader:
 
 
 AnyNifti = nib.Nifti1Image | nib.Nifti2Image
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def corrupt(detail: str) -> ImageRejected:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,10 +48,13 @@ def _targets(conn: Connection, job: Any, event: EventType) -> list[tuple[str, uu
     return targets
 
 
-def _payload(conn: Connection, job: Any, event: EventType, now: datetime) -> dict[str, Any]:
-    masks = []
-    if job["status"] == JobStatus.succeeded.value:
-        masks = list(conn.execute(jobs_repo.select_mask_summaries(job["id"])).mappings())
+def _payload(
+    conn: Connection, job: Any, event: EventType, now: datetime, masks: Sequence[Mapping[Any, Any]] | None
+) -> dict[str, Any]:
+    if masks is None:
+        masks = []
+        if job["status"] == JobStatus.succeeded.value:
+            masks = list(conn.execute(jobs_repo.SELECT_MASK_SUMMARIES, {"job_id": job["id"]}).mappings())
     try:
         return build_payload(event.value, job, masks, now)
     except Exception:  # a payload bug must never block the job's own status change
@@ -59,18 +63,21 @@ def _payload(conn: Connection, job: Any, event: EventType, now: datetime) -> dic
                 "data": {"id": str(job["id"]), "status": job["status"], "urls": {"get": f"/v1/jobs/{job['id']}"}}}
 
 
-def record_job_event(conn: Connection, job_id: uuid.UUID, event: EventType | str) -> int:
+def record_job_event(
+    conn: Connection, job_id: uuid.UUID, event: EventType | str, masks: Sequence[Mapping[Any, Any]] | None = None
+) -> int:
     """Write one delivery row per subscribed target of ``job_id``'s ``event``; returns how many
-    targets are subscribed. Call it inside the transaction that changed the job's status."""
+    targets are subscribed. Call it inside the transaction that changed the job's status.
+    ``masks``: the succeeded job's mask rows when the caller has them (else they are read)."""
     event = EventType(event)
-    job = conn.execute(repo.select_job_with_webhook(job_id)).mappings().first()
+    job = conn.execute(repo.SELECT_JOB_WITH_WEBHOOK, {"job_id": job_id}).mappings().first()
     if job is None:
         return 0
     targets = _targets(conn, job, event)
     if not targets:
         return 0
     now = datetime.now(UTC)
-    payload = _payload(conn, job, event, now)
+    payload = _payload(conn, job, event, now, masks)
     rows = [
         {
             "id": uuid.uuid4(), "tenant_id": job["tenant_id"], "job_id": job_id, "endpoint_id": endpoint_id,
@@ -83,10 +90,12 @@ def record_job_event(conn: Connection, job_id: uuid.UUID, event: EventType | str
     return len(rows)
 
 
-def record_transition(conn: Connection, job_id: uuid.UUID, status: JobStatus | str) -> int:
+def record_transition(
+    conn: Connection, job_id: uuid.UUID, status: JobStatus | str, masks: Sequence[Mapping[Any, Any]] | None = None
+) -> int:
     """``record_job_event`` for the event a job entering ``status`` raises (none for ``queued``)."""
     event = EVENT_FOR_STATUS.get(JobStatus(status))
-    return 0 if event is None else record_job_event(conn, job_id, event)
+    return 0 if event is None else record_job_event(conn, job_id, event, masks)
 
 
 async def record_transition_async(conn: AsyncConnection, job_id: uuid.UUID, status: JobStatus | str) -> int:

@@ -45,10 +45,10 @@ def wait_http(url: str, seconds: float = 30.0, proc: subprocess.Popen[bytes] | N
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = log.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "medparse.cli", *args], env=env, stdout=handle, stderr=subprocess.STDOUT
-    )
+    with log.open("ab") as handle:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "medparse.cli", *args], env=env, stdout=handle, stderr=subprocess.STDOUT
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
@@ -75,18 +75,21 @@ def emulator_process(tmp: Path, key: str, *extra: str) -> Iterator[str]:
 
 
 @contextmanager
-def service_processes(settings: Settings, emulator_url: str, emulator_key: str, tmp: Path) -> Iterator[str]:
-    """A gateway and one worker process for ``settings``; yields the gateway's base URL."""
+def service_processes(
+    settings: Settings, emulator_url: str, emulator_key: str, tmp: Path, *, concurrency: int = 2, **extra_env: str
+) -> Iterator[str]:
+    """A gateway and one worker process for ``settings`` (plus ``extra_env`` settings); yields the
+    gateway's base URL."""
     port = free_port()
-    env = settings_env(
-        settings,
-        MEDPARSE_PORT=str(port),
-        MEDPARSE_ENDPOINT_SCORING_URI=f"{emulator_url}/score",
-        MEDPARSE_ENDPOINT_KEY=emulator_key,
-        MEDPARSE_SWEEP_INTERVAL_S="1",
-    )
+    env = settings_env(settings, **{
+        "MEDPARSE_PORT": str(port),
+        "MEDPARSE_ENDPOINT_SCORING_URI": f"{emulator_url}/score",
+        "MEDPARSE_ENDPOINT_KEY": emulator_key,
+        "MEDPARSE_SWEEP_INTERVAL_S": "1",
+        **extra_env,
+    })
     gateway = start(["serve"], env, tmp / "gateway.log")
-    worker = start(["worker", "--concurrency", "2"], env, tmp / "worker.log")
+    worker = start(["worker", "--concurrency", str(concurrency)], env, tmp / "worker.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
         yield f"http://127.0.0.1:{port}"

@@ -5,9 +5,15 @@ Run for the production shape (Postgres + Redis) and the embedded default (SQLite
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import secrets
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -16,7 +22,8 @@ import numpy as np
 import pytest
 
 from medparse.settings import Settings
-from tests.e2e.processes import emulator_process, service_processes
+from tests.conftest import free_port
+from tests.e2e.processes import emulator_process, service_processes, settings_env, start, stop, wait_http
 from tests.factories import iou, new_tenant, organ_image
 
 pytestmark = pytest.mark.e2e
@@ -88,36 +95,42 @@ def test_embedded_default_end_to_end(embedded_settings: Settings, tmp_path: Path
         _submit_and_check(base, key)
 
 
-def test_several_gateway_processes_share_the_port(pg_settings: Settings, tmp_path: Path) -> None:
-    from tests.conftest import free_port
-    from tests.e2e.processes import settings_env, start, stop, wait_http
-
-    _, key = new_tenant(pg_settings)
+@contextmanager
+def _two_gateway_processes(
+    settings: Settings, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int, list[int]]]:
+    """``medparse serve --processes 2``: (parent, port, the children's pids), all stopped afterwards."""
     port = free_port()
-    proc = start(["serve", "--processes", "2"], settings_env(pg_settings, MEDPARSE_PORT=str(port)),
+    proc = start(["serve", "--processes", "2"], settings_env(settings, MEDPARSE_PORT=str(port)),
                  tmp_path / "gateway.log")
+    children: list[int] = []
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", proc=proc)
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        yield proc, port, children
+    finally:
+        stop(proc)
+        for pid in children:  # the parent may be gone already: no child may outlive the test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_several_gateway_processes_share_the_port(pg_settings: Settings, tmp_path: Path) -> None:
+    _, key = new_tenant(pg_settings)
+    with _two_gateway_processes(pg_settings, tmp_path) as (proc, port, children):
+        assert len(children) == 2
         image, _ = organ_image()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as http:
             files = {"image": ("x.png", image, "image/png")}
             ids = {http.post("/v1/jobs", files=files, data={"prompts": "liver"}).json()["id"] for _ in range(6)}
             assert len(ids) == 6 and all(http.get(f"/v1/jobs/{i}").status_code == 200 for i in ids)
-    finally:
-        stop(proc)
     assert proc.returncode == 0
+    assert "Traceback" not in (tmp_path / "gateway.log").read_text()
 
 
 def test_gateway_children_exit_when_the_parent_is_killed(pg_settings: Settings, tmp_path: Path) -> None:
     """kill -9 of ``medparse serve --processes 2`` must not leave children answering on the port."""
-    from tests.conftest import free_port
-    from tests.e2e.processes import settings_env, start, stop, wait_http
-
-    port = free_port()
-    proc = start(["serve", "--processes", "2"], settings_env(pg_settings, MEDPARSE_PORT=str(port)),
-                 tmp_path / "gateway.log")
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+    with _two_gateway_processes(pg_settings, tmp_path) as (proc, port, _):
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 15
@@ -129,5 +142,3 @@ def test_gateway_children_exit_when_the_parent_is_killed(pg_settings: Settings, 
             time.sleep(0.2)
         else:
             raise AssertionError("a gateway child still answers after its parent was killed")
-    finally:
-        stop(proc)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from medparse.settings import Settings
-from tests.conftest import free_port
-from tests.e2e.processes import emulator_process, settings_env, start, stop, wait_http
+from tests.e2e.processes import emulator_process, service_processes
 from tests.factories import new_tenant, organ_image
 from tests.support.webhook_receiver import Receiver, running_receiver
 
@@ -34,23 +32,6 @@ WEBHOOK_ENV = {
     "MEDPARSE_WEBHOOK_DISPATCH_INTERVAL_S": "0.2",
     "MEDPARSE_SWEEP_INTERVAL_S": "1",
 }
-
-
-@contextmanager
-def gateway_and_worker(settings: Settings, emulator: str, emulator_key: str, tmp: Path) -> Iterator[str]:
-    port = free_port()
-    env = settings_env(
-        settings, MEDPARSE_PORT=str(port), MEDPARSE_ENDPOINT_SCORING_URI=f"{emulator}/score",
-        MEDPARSE_ENDPOINT_KEY=emulator_key, **WEBHOOK_ENV,
-    )
-    gateway = start(["serve"], env, tmp / "gateway.log")
-    worker = start(["worker", "--concurrency", "4"], env, tmp / "worker.log")
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(gateway)
-        stop(worker)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
@@ -90,8 +71,8 @@ def check_job_url_delivery(http: httpx.Client, receiver: Receiver, job: dict[str
 def test_webhooks_end_to_end_with_postgres_redis_and_a_real_worker(pg_settings: Settings, tmp_path: Path) -> None:
     _, key = new_tenant(pg_settings)
     emulator_key = secrets.token_urlsafe(16)
-    with running_receiver() as receiver, emulator_process(tmp_path, emulator_key) as emulator, gateway_and_worker(
-        pg_settings, emulator, emulator_key, tmp_path
+    with running_receiver() as receiver, emulator_process(tmp_path, emulator_key) as emulator, service_processes(
+        pg_settings, emulator, emulator_key, tmp_path, concurrency=4, **WEBHOOK_ENV
     ) as base, httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         endpoints = {}
         for path in ("/flaky/1", "/gone", "/redirect", "/slow/3"):
@@ -143,8 +124,8 @@ def test_webhooks_end_to_end_with_postgres_redis_and_a_real_worker(pg_settings: 
 def test_webhooks_end_to_end_in_the_embedded_default(embedded_settings: Settings, tmp_path: Path) -> None:
     _, key = new_tenant(embedded_settings)
     emulator_key = secrets.token_urlsafe(16)
-    with running_receiver() as receiver, emulator_process(tmp_path, emulator_key) as emulator, gateway_and_worker(
-        embedded_settings, emulator, emulator_key, tmp_path
+    with running_receiver() as receiver, emulator_process(tmp_path, emulator_key) as emulator, service_processes(
+        embedded_settings, emulator, emulator_key, tmp_path, concurrency=4, **WEBHOOK_ENV
     ) as base, httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         job = submit_and_wait(http, receiver.url("/ok"))
         check_job_url_delivery(http, receiver, job)

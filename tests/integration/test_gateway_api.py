@@ -213,6 +213,7 @@ async def test_delete_removes_the_job_and_everything_of_it(api: TestClient, key:
 
     image, _ = organ_image()
     resp = await api.post("/v1/jobs", data=form(image), headers={**auth(key), "Idempotency-Key": "to-delete"})
+    assert resp.status == 202
     job = await resp.json()
     _, other = new_tenant(pg_settings)
     assert (await api.delete(f"/v1/jobs/{job['id']}", headers=auth(other))).status == 404
@@ -222,5 +223,5 @@ async def test_delete_removes_the_job_and_everything_of_it(api: TestClient, key:
     engine = make_sync_engine(pg_settings, system_scope=True)
     with engine.begin() as conn:
         assert conn.execute(select(JobInput.job_id).where(JobInput.job_id == job["id"])).first() is None
-        assert conn.execute(select(IdempotencyKey.key).where(IdempotencyKey.job_id == job["id"])).first() is None
+        assert conn.execute(select(IdempotencyKey.key).where(IdempotencyKey.key == "to-delete")).first() is None
     engine.dispose()

@@ -98,6 +98,6 @@ def test_listing_is_scoped_to_the_tenant(pg_settings: Settings) -> None:
     other_tenant, _ = new_tenant(pg_settings)
     engine = make_sync_engine(pg_settings)
     with engine.begin() as conn:
-        assert conn.execute(repo.select_job(other_tenant, job_id)).first() is None
+        assert conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": other_tenant}).first() is None
         assert conn.execute(repo.list_jobs_stmt(other_tenant, status=None, limit=10, after=None)).all() == []
     engine.dispose()

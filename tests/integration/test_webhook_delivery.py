@@ -200,7 +200,7 @@ def test_410_disables_the_endpoint_ends_its_waiting_deliveries_and_stops_new_one
     assert len(receiver.requests("/gone")) == 2
     # A webhook never decides the job's fate.
     with ctx.engine.begin() as conn:
-        assert conn.execute(repo.select_job_with_webhook(job_id)).mappings().one()["status"] == "succeeded"
+        assert conn.execute(repo.SELECT_JOB_WITH_WEBHOOK, {"job_id": job_id}).mappings().one()["status"] == "succeeded"
     _, next_job = insert_job(ctx.engine, ctx.settings, tenant_id)
     run_job_to(ctx.engine, next_job, "succeeded")
     assert deliveries(ctx.engine, next_job) == []
