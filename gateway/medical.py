@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medparse import imaging
+from medparse.job_links import is_volume
 from medparse.medical import inputs
 from medparse.medical.errors import OptionRejected
 from medparse.medical.options import MedicalOptions
@@ -39,14 +40,9 @@ def probe(image: bytes, settings: Settings, options: Mapping[str, Any] | None) -
     return imaging.probe_image(image, max_pixels=settings.max_image_pixels)
 
 
-def is_volume_row(row: Mapping[Any, Any]) -> bool:
-    meta = row.get("input_meta") or {}
-    return meta.get("kind") == "volume"
-
-
 def formats_of(row: Mapping[Any, Any], base: str) -> dict[str, str]:
     names = list(COMMON_FORMATS)
-    if row.get("input_format") == "nifti" or (row.get("input_format") == "dicom" and is_volume_row(row)):
+    if row.get("input_format") == "nifti" or (row.get("input_format") == "dicom" and is_volume(row)):
         names.append("nifti")
     if row.get("input_format") == "dicom":
         names.append("dicom-seg")
@@ -59,16 +55,13 @@ def public_extras(row: Mapping[Any, Any], job: dict[str, Any]) -> dict[str, Any]
     if meta:
         job["input"].update({k: v for k, v in meta.items() if k not in job["input"]})
     progress = row.get("progress")
-    if progress and is_volume_row(row):
+    if progress and is_volume(row):
         job["progress"] = progress
     result = job.get("result")
     if result is None:
         return job
     base = job["urls"]["get"]
     result["formats"] = formats_of(row, base)
-    if is_volume_row(row):
-        result["npz_url"] = f"{base}/result?format=npz"
-        for mask in result["masks"]:
-            mask["url"] = f"{base}/result?format=npz&mask={mask['index']}"
+    if is_volume(row):
         result["volume"] = {"shape": meta.get("shape"), "slice_axis": meta.get("slice_axis")} if meta else None
     return job

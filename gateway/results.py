@@ -27,7 +27,7 @@ from db.status import JobStatus
 from gateway.auth import principal
 from gateway.handlers import job_id_from
 from gateway.keys import ENGINE, SETTINGS
-from gateway.medical import is_volume_row
+from medparse.job_links import is_volume
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.tenancy import tenant_transaction
 from medparse import imaging, masks
@@ -111,7 +111,7 @@ async def load_result(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UU
         summaries = [dict(m) for m in (await conn.execute(repo.SELECT_MASK_SUMMARIES, {"job_id": job_id})).mappings()]
         medical_row = (await conn.execute(medical_repo.select_medical(tenant_id, job_id))).mappings().first()
         mask_rows = None
-        if not is_volume_row(row):
+        if not is_volume(row):
             mask_rows = list((await conn.execute(repo.select_mask_data(job_id))).mappings())
         image = (await conn.execute(repo.select_input(job_id))).scalar_one_or_none() if need_input else None
     medical = dict(medical_row) if medical_row is not None else None

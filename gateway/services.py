@@ -30,7 +30,7 @@ from gateway.schemas import JobPublic
 from gateway.submission import JobSubmission
 from gateway.tenancy import QueuedJobsGauge, tenant_transaction
 from gateway.webhook_services import attach_job_webhook
-from medparse import imaging, masks
+from medparse import imaging, job_links, masks
 from medparse.medical.errors import OptionRejected
 from medparse.settings import Settings
 from medparse.webhooks.outbox import record_transition_async
@@ -52,17 +52,12 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-def job_url(job_id: uuid.UUID) -> str:
-    return f"/v1/jobs/{job_id}"
-
-
 def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | None) -> JobPublic:
     error = None
     if row["error_code"]:
         error = {"code": row["error_code"], "message": row["error_message"] or ""}
     result = None
     if row["status"] == JobStatus.succeeded.value and mask_rows is not None:
-        base = job_url(row["id"])
         result = {
             "width": row["result_width"],
             "height": row["result_height"],
@@ -73,11 +68,11 @@ def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | N
                     "label": m["label"],
                     "area_px": m["area_px"],
                     "bbox": m["bbox"],
-                    "url": f"{base}/masks/{m['index']}",
+                    "url": job_links.mask_path(row, m["index"]),
                 }
                 for m in mask_rows
             ],
-            "npz_url": f"{base}/masks.npz",
+            "npz_url": job_links.npz_path(row),
             "provenance": row["result_meta"] or {},
         }
     return JobPublic.model_validate(
@@ -99,7 +94,7 @@ def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | N
                 "bytes": row["input_bytes"],
             },
             "result": result,
-            "urls": {"get": job_url(row["id"]), "cancel": f"{job_url(row['id'])}/cancel"},
+            "urls": {"get": job_links.job_path(row["id"]), "cancel": f"{job_links.job_path(row['id'])}/cancel"},
         })
     )
 
@@ -354,7 +349,7 @@ async def load_masks(
         mask_rows = list((await conn.execute(repo.select_mask_data(job_id, index))).mappings())
     if not mask_rows:
         raise not_found("mask")
-    if medical.is_volume_row(row):  # a volume's masks are 3-D: served by gateway/results.py
+    if job_links.is_volume(row):  # a volume's masks are 3-D: served by gateway/results.py
         raise ApiProblem(
             409, "volume_result", "the job's masks are volumes; use result?format=npz or result?format=nifti"
         )

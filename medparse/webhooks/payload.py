@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from medparse import job_links
+
 #: Standard Webhooks recommends payloads under 20 kB; we keep a margin for absolute links.
 MAX_PAYLOAD_BYTES = 16_000
 #: Error messages are for humans; the code is what receivers act on.
@@ -31,11 +33,11 @@ def build_payload(
     event_type: str, job: Mapping[Any, Any], masks: Sequence[Mapping[Any, Any]], now: datetime
 ) -> dict[str, Any]:
     """The event body for ``job`` (a ``jobs`` row) and its mask summary rows (possibly empty)."""
-    base = f"/v1/jobs/{job['id']}"
+    base = job_links.job_path(job["id"])
     urls = {"get": base, "deliveries": f"{base}/deliveries"}
     succeeded = job["status"] == "succeeded"
     if succeeded:
-        urls["masks_npz"] = f"{base}/masks.npz"
+        urls["masks_npz"] = job_links.npz_path(job)
     error = None
     if job.get("error_code"):
         error = {"code": job["error_code"], "message": (job.get("error_message") or "")[:MAX_ERROR_CHARS]}
@@ -50,7 +52,7 @@ def build_payload(
         "masks": [
             {
                 "index": m["index"], "label": m["label"], "area_px": m["area_px"], "bbox": m["bbox"],
-                "url": f"{base}/masks/{m['index']}",
+                "url": job_links.mask_path(job, m["index"]),
             }
             for m in masks
         ] if succeeded else [],

@@ -44,7 +44,7 @@ def settings(pg_settings: Settings) -> Iterator[Settings]:
         yield pg_settings.model_copy(update={
             "endpoint_scoring_uri": f"{base_url}/score", "endpoint_key": SecretStr(KEY),
             "endpoint_max_attempts": 2, "endpoint_backoff_min_s": 0.01, "endpoint_backoff_max_s": 0.02,
-            "volume_rows_per_request": 4,
+            "volume_rows_per_request": 4, "webhook_allow_private_targets": True,
         })
 
 
@@ -74,9 +74,12 @@ def auth(key: str) -> dict[str, str]:
 
 
 async def submit(
-    api: TestClient[Any, Any], key: str, image: bytes, prompts: str, options: dict[str, Any] | None = None
+    api: TestClient[Any, Any], key: str, image: bytes, prompts: str, options: dict[str, Any] | None = None,
+    webhook_url: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     form = aiohttp.FormData()
+    if webhook_url is not None:
+        form.add_field("webhook_url", webhook_url)
     form.add_field("image", image, filename="upload.bin", content_type="application/octet-stream")
     form.add_field("prompts", prompts)
     if options is not None:
@@ -86,8 +89,8 @@ async def submit(
 
 
 async def run(api: TestClient[Any, Any], key: str, ctx: WorkerContext, image: bytes, prompts: str,
-              options: dict[str, Any] | None = None) -> dict[str, Any]:
-    status, job = await submit(api, key, image, prompts, options)
+              options: dict[str, Any] | None = None, webhook_url: str | None = None) -> dict[str, Any]:
+    status, job = await submit(api, key, image, prompts, options, webhook_url)
     assert status == 202, job
     assert run_job(ctx, job["id"]) == "succeeded"
     resp = await api.get(f"/v1/jobs/{job['id']}", headers=auth(key))
@@ -194,6 +197,24 @@ async def test_a_nifti_volume_job_reports_progress_and_returns_the_input_geometr
     assert int(png.headers["Medparse-Slice"]) in range(6)
     old_route = await (await fetch(api, key, f"{job['urls']['get']}/masks/0", 409)).json()
     assert old_route["code"] == "volume_result"
+
+
+async def test_a_volume_jobs_webhook_payload_links_to_routes_that_serve_its_masks(
+    api: TestClient[Any, Any], key: str, ctx: WorkerContext
+) -> None:
+    # The payload is built by the worker, the job JSON by the gateway: both must name the same routes.
+    job = await run(api, key, ctx, mf.synthetic_ct_volume((32, 24, 4)), "liver & kidney",
+                    webhook_url="http://127.0.0.1:9/hook")
+    with ctx.engine.connect() as conn:  # the worker's engine: system scope, as the outbox writes
+        payload = conn.execute(text(
+            "SELECT payload FROM webhook_deliveries WHERE job_id = :id AND event_type = 'job.succeeded'"
+        ), {"id": uuid.UUID(job["id"])}).scalar_one()
+    data = payload["data"]
+    assert data["urls"]["masks_npz"] == job["result"]["npz_url"]
+    assert [m["url"] for m in data["masks"]] == [m["url"] for m in job["result"]["masks"]]
+    for url in [data["urls"]["masks_npz"], *(m["url"] for m in data["masks"])]:
+        npz = np.load(io.BytesIO(await (await fetch(api, key, url)).read()))
+        assert npz["masks"].shape[-3:] == (32, 24, 4)
 
 
 async def test_nifti_slices_axis_and_frame_options_pick_what_is_segmented(
