@@ -77,6 +77,11 @@ class Job(Base):
         Index("ix__jobs__tenant_created", "tenant_id", "created_at", "id"),
         Index("ix__jobs__status_dispatched", "status", "dispatched_at"),
         Index("ix__jobs__tenant_status", "tenant_id", "status"),
+        #: the retention purge's scan (migration 0005_retention_index)
+        Index(
+            "ix__jobs__completed", "completed_at",
+            postgresql_where=text("completed_at IS NOT NULL"), sqlite_where=text("completed_at IS NOT NULL"),
+        ),
         Index(
             "ix__jobs__undispatched", "tenant_id", text("priority DESC"), "created_at", "id",
             postgresql_where=text("status = 'queued' AND dispatched_at IS NULL"),

@@ -211,6 +211,21 @@ def test_a_rejected_row_does_not_fail_its_batch_mates(ctx: WorkerContext) -> Non
     assert isinstance(results[1], EndpointRejectedInput)
 
 
+def test_the_retention_purge_finds_old_jobs_without_scanning_every_finished_one(ctx: WorkerContext) -> None:
+    job_id = new_job(ctx)
+    assert run_job(ctx, str(job_id)) == "succeeded"
+    with ctx.engine.begin() as conn:  # 5,000 more finished jobs, copies of it, none old enough to purge
+        conn.exec_driver_sql(
+            "INSERT INTO jobs SELECT (jsonb_populate_record(NULL::jobs, to_jsonb(j) || jsonb_build_object("
+            "'id', gen_random_uuid(), 'completed_at', now() - g * interval '1 minute'))).* "
+            "FROM jobs j, generate_series(1, 5000) g WHERE j.id = %(id)s", {"id": job_id})
+        conn.exec_driver_sql("ANALYZE jobs")
+        stmt = repo.purge_finished_stmt(completed_before=datetime.now(UTC) - timedelta(days=30), limit=100)
+        compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params))
+    assert "ix__jobs__completed" in plan, plan
+
+
 def test_retention_deletes_inputs_on_success_and_purges_old_jobs(ctx: WorkerContext) -> None:
     from db.models import JobInput
 
