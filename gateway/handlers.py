@@ -78,15 +78,14 @@ async def parse_body(request: web.Request, model: type[M], *, empty: bytes = b""
         raise validation_problem(exc) from None
 
 
-async def _maybe_wait(
-    request: web.Request, job: JobPublic, tenant_id: uuid.UUID, *, fresh: bool = False
+async def _wait_after_submit(
+    request: web.Request, job: JobPublic, tenant_id: uuid.UUID
 ) -> tuple[JobPublic, dict[str, str]]:
     wait = requested_wait(request, request.app[SETTINGS])
-    if wait is None or is_terminal(job.status):
+    if wait is None:
         return job, {}
-    job = await services.wait_for_job(
-        request.app[ENGINE], request.app[EVENTS], tenant_id, job.id, wait, known=job if fresh else None
-    )
+    if not is_terminal(job.status):  # just written, no await since: no notification missed, no read needed
+        job = await services.wait_for_job(request.app[ENGINE], request.app[EVENTS], tenant_id, job.id, wait, known=job)
     return job, {"Preference-Applied": f"wait={wait:g}"}
 
 
@@ -102,15 +101,20 @@ async def create_job(request: web.Request) -> web.Response:
     if submitted.replay is not None:
         return submitted.replay.to_response()
     assert submitted.job is not None
-    job, headers = await _maybe_wait(request, submitted.job, who.tenant_id, fresh=True)
+    job, headers = await _wait_after_submit(request, submitted.job, who.tenant_id)
     return json_response(job, status=202, headers={"Location": job.urls.get, **headers})
 
 
 async def get_job(request: web.Request) -> web.Response:
     who = principal(request, "jobs:read")
-    job = await services.get_job(request.app[ENGINE], who.tenant_id, job_id_from(request))
-    job, headers = await _maybe_wait(request, job, who.tenant_id)
-    return json_response(job, headers=headers)
+    wait = requested_wait(request, request.app[SETTINGS])
+    if wait is None:
+        return json_response(await services.get_job(request.app[ENGINE], who.tenant_id, job_id_from(request)))
+    # Subscribes before its one read, so a completion between the two cannot be missed.
+    job = await services.wait_for_job(
+        request.app[ENGINE], request.app[EVENTS], who.tenant_id, job_id_from(request), wait
+    )
+    return json_response(job, headers={"Preference-Applied": f"wait={wait:g}"})
 
 
 async def list_jobs(request: web.Request) -> web.Response:

@@ -27,10 +27,10 @@ from db.status import JobStatus
 from gateway.auth import principal
 from gateway.handlers import job_id_from
 from gateway.keys import ENGINE, SETTINGS
-from medparse.job_links import is_volume
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.tenancy import tenant_transaction
 from medparse import imaging, masks
+from medparse.job_links import is_volume
 from medparse.medical import dicom, geometry, inputs, nifti, volumes
 from medparse.outputs import archive, overlay, rle
 from medparse.outputs.dicom_seg import SegUnavailable, dicom_seg_bytes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -171,6 +172,9 @@ async def test_prefer_wait_holds_a_pending_job_for_the_time_asked(api: TestClien
     elapsed = time.monotonic() - started
     assert resp.status == 200 and resp.headers["Preference-Applied"] == "wait=0.5"
     assert 0.45 <= elapsed < 3
+    started = time.monotonic()  # an unknown (or another tenant's) job is a 404 at once, not after the wait
+    resp = await api.get(f"/v1/jobs/{uuid.uuid4()}", headers={**auth(key), "Prefer": "wait=5"})
+    assert resp.status == 404 and time.monotonic() - started < 1
 
 
 async def test_prefer_wait_returns_as_soon_as_the_job_is_canceled(api: TestClient, key: str) -> None:
