@@ -57,6 +57,14 @@ def segment(
         max_pixels=settings.max_image_pixels,
         options=options,
     )
+    return segment_prepared(prepared, prompts, settings=settings, batcher=batcher, job_id=job_id, attempt=attempt)
+
+
+def segment_prepared(
+    prepared: imaging.PreparedImage, prompts: list[str], *, settings: Settings, batcher: RowBatcher, job_id: str,
+    attempt: int = 1,
+) -> Segmentation:
+    """``segment`` of an image the caller decoded and prepared (a DICOM job's, from its one parse)."""
     scored_row = batcher.score(
         ScoreRow(image_png=prepared.png, prompts=prompts), job_id=job_id, client_request_id=call_id(job_id, attempt)
     )

@@ -1,13 +1,14 @@
 """Jobs whose input is DICOM or NIfTI: 2-D DICOM, volumes slice by slice, and the 3-D model.
 
-``segment_job`` is what ``workers.tasks.run_job`` calls for every job: PNG/JPEG/TIFF and 2-D DICOM go
-through ``workers.pipeline.segment`` (a DICOM job also keeps its header for DICOM SEG output); a
-volume is segmented here. With the 2-D model its selected slices go to the endpoint a few per
-request (``volume_rows_per_request``, bounded by ``volume_max_masks_per_request``) through the same
-client, so retries, auth and the global in-flight cap are the usual ones; after each request the job's
-``progress`` is updated with an UPDATE pinned to the attempt. When that UPDATE finds no row the job
-was canceled or taken over: the loop stops and ``lifecycle.finish`` discards the partial result.
-With the 3-D model the NIfTI goes out whole in one call and a label volume comes back.
+``segment_job`` is what ``workers.tasks.run_job`` calls for every job: PNG/JPEG/TIFF go through
+``workers.pipeline.segment``, a 2-D DICOM through ``segment_prepared`` with its pixels from the one
+parse of the upload (its header is kept for DICOM SEG output); a volume is segmented here. With the
+2-D model its selected slices go to the endpoint a few per request (``volume_rows_per_request``,
+bounded by ``volume_max_masks_per_request``) through the same client, so retries, auth and the
+global in-flight cap are the usual ones; after each request the job's ``progress`` is updated with
+an UPDATE pinned to the attempt. When that UPDATE finds no row the job was canceled or taken over:
+the loop stops and ``lifecycle.finish`` discards the partial result. With the 3-D model the NIfTI
+goes out whole in one call and a label volume comes back.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from medparse.medical.formats import sniff_medical
 from medparse.medical.options import MODEL_2D, MODEL_3D
 from workers.context import WorkerContext
 from workers.lifecycle import Claim
-from workers.pipeline import CALL_ID_NAMESPACE, Segmentation, StoredMask, call_id, segment
+from workers.pipeline import CALL_ID_NAMESPACE, Segmentation, StoredMask, call_id, segment, segment_prepared
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,36 @@ def segment_job(ctx: WorkerContext, claimed: Claim, job_id: str) -> Segmentation
 def _segment_job(ctx: WorkerContext, claimed: Claim, job_id: str) -> Segmentation:
     settings = ctx.settings
     limits = inputs.Limits.from_settings(settings)
-    if not inputs.is_volume(claimed.image, claimed.options, limits):
-        result = segment(
+    kind = sniff_medical(claimed.image)
+    if kind is None:  # PNG, JPEG, TIFF
+        return segment(
             claimed.image, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id,
             attempt=claimed.attempt, options=claimed.options,
         )
-        if sniff_medical(claimed.image) == "dicom":
-            record = inputs.dicom_record(claimed.image, settings.max_image_pixels)
-            result = dataclasses.replace(result, medical=dataclasses.asdict(record))
-        return result
-    stack = inputs.open_volume(claimed.image, claimed.options, limits)
-    if stack.nifti_bytes is not None:
+    if kind == "nifti":
+        stack = inputs.open_volume(claimed.image, claimed.options, limits)
+    else:
+        # pydicom parses the upload here only: is_volume, the pixels and the stored header all read this dataset.
+        upload = inputs.DicomUpload.open(claimed.image, claimed.options, max_pixels=limits.max_pixels)
+        if not upload.is_volume:
+            return _segment_dicom_image(ctx, claimed, upload, job_id)
+        stack = upload.slice_stack(limits)
+    if stack.encode_nifti is not None:
         return _segment_3d(ctx, claimed, stack, job_id)
     return _segment_slices(ctx, claimed, stack, job_id)
+
+
+def _segment_dicom_image(ctx: WorkerContext, claimed: Claim, upload: inputs.DicomUpload, job_id: str) -> Segmentation:
+    """A 2-D DICOM job: segmented as a PNG would be, keeping the header for DICOM SEG output."""
+    settings = ctx.settings
+    pixels, source = upload.load_2d()
+    prepared = imaging.prepare_pixels(
+        pixels, source, target=settings.endpoint_image_size, png_compress_level=settings.endpoint_png_compress_level,
+    )
+    result = segment_prepared(
+        prepared, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id, attempt=claimed.attempt,
+    )
+    return dataclasses.replace(result, medical=dataclasses.asdict(upload.record()))
 
 
 class Progress:
@@ -123,7 +141,7 @@ def _segment_slices(ctx: WorkerContext, claimed: Claim, stack: inputs.SliceStack
                 labels[i][label] += 2 if binary[i].any() else 1  # slices that show the target count double
         geometry_params = {k: v for k, v in prepared[0].params.items() if k != "source"}
         owned = progress.report(start + len(chunk))
-    provenance = _provenance(settings, calls, MODEL_2D, settings.endpoint_deployment, stack)
+    provenance = _provenance(settings, calls, MODEL_2D, settings.endpoint_deployment, stack, stack.source)
     provenance["preprocessing"].update(geometry_params, rows_per_request=per_request)
     names = [c.most_common(1)[0][0] if c else "" for c in labels]
     return _result(stack, prompts, names, packed, width, height, provenance)
@@ -131,14 +149,15 @@ def _segment_slices(ctx: WorkerContext, claimed: Claim, stack: inputs.SliceStack
 
 def _segment_3d(ctx: WorkerContext, claimed: Claim, stack: inputs.SliceStack, job_id: str) -> Segmentation:
     settings, prompts = ctx.settings, claimed.prompts
+    assert stack.encode_nifti is not None
+    nifti_bytes = stack.encode_nifti()
     client = ctx.client_3d
     if client is None:
         raise EndpointNotFound("the MedImageParse 3D endpoint is not configured (MEDPARSE_ENDPOINT_3D_SCORING_URI)")
     progress = Progress(ctx, claimed, 1)
     progress.report(0)
-    assert stack.nifti_bytes is not None
     call = client.score(
-        [ScoreRow(image_png=stack.nifti_bytes, prompts=prompts)], job_id=job_id,
+        [ScoreRow(image_png=nifti_bytes, prompts=prompts)], job_id=job_id,
         client_request_id=_request_id(job_id, claimed.attempt, 0),
     )
     row = call.rows[0]
@@ -152,15 +171,16 @@ def _segment_3d(ctx: WorkerContext, claimed: Claim, stack: inputs.SliceStack, jo
     slice_major = np.moveaxis(per_prompt, 1 + stack.slice_axis, 1)
     packed = np.packbits(slice_major, axis=-1)
     progress.report(1)
-    provenance = _provenance(settings, [call], MODEL_3D, settings.endpoint_3d_deployment, stack)
-    provenance["preprocessing"] = {"source": {**stack.source, "normalization": {"method": "none", "by": "the model"}},
-                                   "sent": "the NIfTI volume (.nii.gz)"}
+    source = stack.source_with({"method": "none", "by": "the model"})
+    provenance = _provenance(settings, [call], MODEL_3D, settings.endpoint_3d_deployment, stack, source)
+    provenance["preprocessing"]["sent"] = "the NIfTI volume (.nii.gz)"
     height, width = stack.slice_shape
     return _result(stack, prompts, row.labels, packed, width, height, provenance)
 
 
 def _provenance(
-    settings: Any, calls: list[ScoreResult], model: str, deployment: str | None, stack: inputs.SliceStack
+    settings: Any, calls: list[ScoreResult], model: str, deployment: str | None, stack: inputs.SliceStack,
+    source: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "model": model,
@@ -172,7 +192,7 @@ def _provenance(
         "endpoint_calls": len(calls),
         "endpoint_http_attempts": sum(c.attempts for c in calls),
         "endpoint_seconds": round(sum(c.seconds for c in calls), 4),
-        "preprocessing": {"source": stack.source},
+        "preprocessing": {"source": source},
         "threshold": masks.THRESHOLD,
         "mask_encoding": volumes.VOLUME_SUMMARY_ENCODING,
         "volume_encoding": volumes.VOLUME_ENCODING,

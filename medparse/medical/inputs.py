@@ -9,8 +9,12 @@ must fit the input, a full decode), so a job that is accepted does not fail on i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import dataclasses
+import functools
+import gzip
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,7 +22,7 @@ import numpy as np
 from medparse.imaging import ImageInfo, ImageRejected
 from medparse.medical import dicom, nifti, windowing
 from medparse.medical.errors import OptionRejected
-from medparse.medical.formats import sniff_medical
+from medparse.medical.formats import GZIP_MAGIC, sniff_medical
 from medparse.medical.options import DEFAULT_SLICE_AXIS, MedicalOptions
 
 
@@ -54,19 +58,26 @@ class MedicalRecord:
 
 @dataclass
 class SliceStack:
-    """A volume as the worker segments it: slice-major values, the selection, one intensity mapping."""
+    """A volume as the worker segments it: slice-major values, the selection, one intensity mapping.
+
+    What only some callers use is made on first use: the intensity ``bounds`` (a pass over the whole
+    selection, which the 3-D model does not need) and the 3-D model's NIfTI (which an overlay does not
+    need).
+    """
 
     #: (S, H, W) or (S, H, W, 3), in modality units; slice k of the input is ``values[k]``
     values: np.ndarray
     slice_axis: int
     indices: list[int]
-    bounds: windowing.Bounds | None
+    #: the job's ``window`` option, which ``bounds`` applies
+    window: str | dict[str, float] | None
     invert: bool
-    source: dict[str, Any]
+    #: how the input was read, for provenance; its ``normalization`` is a placeholder for ``source_with``,
+    #: there so that the key keeps its place in the stored JSON
+    reading: dict[str, Any]
     record: MedicalRecord
-    #: the 3-D model gets the NIfTI itself: the (frame of the) file as .nii.gz bytes
-    nifti_bytes: bytes | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: makes what the 3-D model gets, the (frame of the) NIfTI as .nii.gz bytes; None for a 2-D model job
+    encode_nifti: Callable[[], bytes] | None = None
 
     @property
     def slice_shape(self) -> tuple[int, int]:
@@ -78,6 +89,27 @@ class SliceStack:
         dims.insert(self.slice_axis, int(self.values.shape[0]))
         return tuple(dims)
 
+    @cached_property
+    def bounds(self) -> windowing.Bounds | None:
+        """One mapping for all selected slices, so that every slice gets the same contrast.
+
+        None for RGB (scaled slice by slice) and for 8-bit values without a window (used as they are).
+        """
+        gray = self.values.ndim == 3
+        if not gray or (self.values.dtype == np.uint8 and self.window is None):
+            return None
+        selected = self.values if len(self.indices) == self.values.shape[0] else self.values[self.indices]
+        return windowing.bounds_for(selected, self.window)
+
+    @property
+    def source(self) -> dict[str, Any]:
+        """``preprocessing.source`` of a job whose slices are sent as 8-bit images."""
+        bounds = self.bounds
+        return self.source_with({**bounds.params, "scope": "volume"} if bounds else {"method": "none"})
+
+    def source_with(self, normalization: dict[str, Any]) -> dict[str, Any]:
+        return {**self.reading, "normalization": normalization}
+
     def slice_uint8(self, k: int) -> np.ndarray:
         values = self.values[k]
         if values.ndim == 3 or self.bounds is None:
@@ -85,6 +117,69 @@ class SliceStack:
         else:
             pixels = self.bounds.apply(values)
         return np.subtract(255, pixels, dtype=np.uint8) if self.invert else np.ascontiguousarray(pixels)
+
+
+@dataclass(frozen=True)
+class DicomUpload:
+    """A DICOM upload parsed once, with the job's options.
+
+    The worker opens a job's DICOM once: whether it is a volume, its pixels (or slice stack) and its
+    stored header all come from this dataset, as a pydicom parse costs more than decoding a small
+    uncompressed image.
+    """
+
+    header: dicom.DicomHeader
+    options: MedicalOptions
+
+    @classmethod
+    def open(cls, data: bytes, options: Mapping[str, Any] | None, *, max_pixels: int) -> DicomUpload:
+        """Raises: ImageRejected: see ``dicom.open_dicom``."""
+        return cls(dicom.open_dicom(data, max_pixels=max_pixels), MedicalOptions.from_job(options))
+
+    @property
+    def is_volume(self) -> bool:
+        """A multi-frame file without ``frame``: every frame is a slice."""
+        return self.header.frames > 1 and self.options.frame is None
+
+    def load_2d(self) -> tuple[np.ndarray, dict[str, Any]]:
+        """A 2-D job's pixels as uint8 (H, W) or (H, W, 3), and how they were made (provenance)."""
+        header, opts = self.header, self.options
+        frame = opts.frame or 0
+        values = dicom.decode(header, [frame])
+        pixels, normalization = windowing.to_uint8(values, opts.window)
+        pixels, inverted = dicom.finish_uint8(header, pixels)
+        source = {
+            "format": "dicom", "transfer_syntax": header.transfer_syntax_name, "photometric": header.photometric,
+            "frame": frame, "modality_lut": _modality_lut(header), "inverted": inverted,
+            "normalization": normalization, "options": opts.echo(),
+        }
+        return np.ascontiguousarray(pixels), source
+
+    def record(self) -> MedicalRecord:
+        """The ``job_medical`` row of a 2-D job: the header without its pixels, for DICOM SEG output."""
+        return MedicalRecord(source_kind="dicom", source_header=dicom.header_bytes(self.header))
+
+    def slice_stack(self, limits: Limits) -> SliceStack:
+        """A volume job's frames as slices.
+
+        Raises:
+            OptionRejected: an option does not fit this file.
+            ImageRejected: the pixel data cannot be decoded.
+        """
+        header, opts = self.header, self.options
+        _check_dicom_options(header, opts, limits)
+        indices = opts.slice_indices(header.frames)
+        values = dicom.decode(header, None)
+        record = dataclasses.replace(self.record(), volume_shape=list(values.shape[:3]), slice_axis=0)
+        reading = {
+            "format": "dicom", "transfer_syntax": header.transfer_syntax_name, "photometric": header.photometric,
+            "frames": header.frames, "slices": len(indices), "modality_lut": _modality_lut(header),
+            "inverted": header.photometric == "MONOCHROME1", "normalization": None, "options": opts.echo(),
+        }
+        return SliceStack(
+            values=values, slice_axis=0, indices=indices, window=opts.window,
+            invert=header.photometric == "MONOCHROME1", reading=reading, record=record,
+        )
 
 
 def probe(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> ImageInfo | None:
@@ -101,16 +196,6 @@ def probe(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> Ima
     if kind == "dicom":
         return _probe_dicom(data, opts, limits)
     return _probe_nifti(data, opts, limits)
-
-
-def is_volume(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> bool:
-    kind = sniff_medical(data)
-    if kind == "nifti":
-        return True
-    if kind != "dicom":
-        return False
-    header = dicom.open_dicom(data, max_pixels=limits.max_pixels)
-    return header.frames > 1 and MedicalOptions.from_job(options).frame is None
 
 
 def _probe_dicom(data: bytes, opts: MedicalOptions, limits: Limits) -> ImageInfo:
@@ -188,91 +273,49 @@ def _check_nifti_options(
 
 def load_2d(data: bytes, options: Mapping[str, Any] | None, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     """A 2-D DICOM job's pixels as uint8 (H, W) or (H, W, 3), and how they were made (provenance)."""
-    opts = MedicalOptions.from_job(options)
-    header = dicom.open_dicom(data, max_pixels=max_pixels)
-    frame = opts.frame or 0
-    values = dicom.decode(header, [frame])
-    pixels, normalization = windowing.to_uint8(values, opts.window)
-    pixels, inverted = dicom.finish_uint8(header, pixels)
-    source = {
-        "format": "dicom", "transfer_syntax": header.transfer_syntax_name, "photometric": header.photometric,
-        "frame": frame, "modality_lut": _modality_lut(header), "inverted": inverted,
-        "normalization": normalization, "options": opts.echo(),
-    }
-    return np.ascontiguousarray(pixels), source
-
-
-def dicom_record(data: bytes, max_pixels: int) -> MedicalRecord:
-    header = dicom.open_dicom(data, max_pixels=max_pixels)
-    return MedicalRecord(source_kind="dicom", source_header=dicom.header_bytes(header))
+    return DicomUpload.open(data, options, max_pixels=max_pixels).load_2d()
 
 
 def open_volume(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> SliceStack:
     """A volume job's input as a slice stack (NIfTI, or a multi-frame DICOM's frames)."""
-    opts = MedicalOptions.from_job(options)
     if sniff_medical(data) == "dicom":
-        return _dicom_stack(data, opts, limits)
+        return DicomUpload.open(data, options, max_pixels=limits.max_pixels).slice_stack(limits)
+    return _nifti_stack(data, MedicalOptions.from_job(options), limits)
+
+
+def _nifti_stack(data: bytes, opts: MedicalOptions, limits: Limits) -> SliceStack:
     header = nifti.parse_header(data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes)
     axis, indices = _check_nifti_options(header, opts, limits)
     values, image = nifti.load(data, header, frame=opts.frame)
-    stacked = np.moveaxis(values, axis, 0)
-    bounds = None
-    if not (values.dtype == np.uint8 and opts.window is None):  # 8-bit voxels are used as they are
-        bounds = windowing.bounds_for(stacked if len(indices) == stacked.shape[0] else stacked[indices], opts.window)
     record = MedicalRecord(
         source_kind="nifti", source_header=nifti.header_blob(image), volume_shape=list(header.spatial_shape),
         slice_axis=axis, affine=nifti.affine_of(image),
     )
-    source = {
+    reading: dict[str, Any] = {
         "format": "nifti", "nifti_version": header.version, "dtype": str(values.dtype), "slice_axis": axis,
-        "slices": len(indices), "options": opts.echo(),
-        "normalization": {**bounds.params, "scope": "volume"} if bounds else {"method": "none"},
+        "slices": len(indices), "options": opts.echo(), "normalization": None,
     }
     if header.frames > 1:
-        source["frame"] = opts.frame or 0
-    stack = SliceStack(
-        values=stacked, slice_axis=axis, indices=indices, bounds=bounds, invert=False, source=source, record=record,
-    )
+        reading["frame"] = opts.frame or 0
+    encode_nifti = None
     if opts.uses_3d_model:
-        stack.nifti_bytes = nifti_for_3d(data, header, values, image)
-    return stack
-
-
-def _dicom_stack(data: bytes, opts: MedicalOptions, limits: Limits) -> SliceStack:
-    header = dicom.open_dicom(data, max_pixels=limits.max_pixels)
-    _check_dicom_options(header, opts, limits)
-    indices = opts.slice_indices(header.frames)
-    values = dicom.decode(header, None)
-    gray = values.ndim == 3
-    bounds = None
-    if gray and not (values.dtype == np.uint8 and opts.window is None):
-        bounds = windowing.bounds_for(values if len(indices) == header.frames else values[indices], opts.window)
-    record = MedicalRecord(
-        source_kind="dicom", source_header=dicom.header_bytes(header), volume_shape=list(values.shape[:3]),
-        slice_axis=0,
-    )
-    source = {
-        "format": "dicom", "transfer_syntax": header.transfer_syntax_name, "photometric": header.photometric,
-        "frames": header.frames, "slices": len(indices), "modality_lut": _modality_lut(header),
-        "inverted": header.photometric == "MONOCHROME1",
-        "normalization": {**bounds.params, "scope": "volume"} if bounds else {"method": "none"},
-        "options": opts.echo(),
-    }
+        # Made only when sent; it keeps the image's type and affine, not the image, which holds the inflated file.
+        image_type = nifti.type_for(image.header)
+        encode_nifti = functools.partial(_nifti_for_3d, data, header, values, image_type, image.affine)
     return SliceStack(
-        values=values, slice_axis=0, indices=indices, bounds=bounds, invert=header.photometric == "MONOCHROME1",
-        source=source, record=record,
+        values=np.moveaxis(values, axis, 0), slice_axis=axis, indices=indices, window=opts.window, invert=False,
+        reading=reading, record=record, encode_nifti=encode_nifti,
     )
 
 
-def nifti_for_3d(data: bytes, header: nifti.NiftiHeader, values: np.ndarray, image: Any) -> bytes:
+def _nifti_for_3d(
+    data: bytes, header: nifti.NiftiHeader, values: np.ndarray, image_type: nifti.AnyNiftiType, affine: np.ndarray
+) -> bytes:
     """What the 3-D endpoint gets: the upload itself (gzip'd if raw); one frame re-encoded for a 4-D file."""
-    import gzip
-
     if header.frames == 1:
-        return data if data.startswith(b"\x1f\x8b") else gzip.compress(data, compresslevel=1, mtime=0)
-    klass = nifti.type_for(image.header)
+        return data if data.startswith(GZIP_MAGIC) else gzip.compress(data, compresslevel=1, mtime=0)
     with nifti.quiet():
-        frame = klass(values, image.affine)
+        frame = image_type(values, affine)
         return gzip.compress(frame.to_bytes(), compresslevel=1, mtime=0)
 
 

@@ -54,6 +54,7 @@ class NiftiHeader:
 
 
 AnyNifti = nib.Nifti1Image | nib.Nifti2Image
+AnyNiftiType = type[nib.Nifti1Image] | type[nib.Nifti2Image]
 
 
 def corrupt(detail: str) -> ImageRejected:
@@ -200,7 +201,7 @@ def label_volume_bytes(
     return gzip.compress(raw, compresslevel=6, mtime=0)
 
 
-def type_for(header: nib.Nifti1Header | nib.Nifti2Header) -> type[nib.Nifti1Image] | type[nib.Nifti2Image]:
+def type_for(header: nib.Nifti1Header | nib.Nifti2Header) -> AnyNiftiType:
     return nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
 
 

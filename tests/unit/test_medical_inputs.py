@@ -98,7 +98,8 @@ def test_the_pixel_limit_is_checked_from_the_header_before_decoding() -> None:
 
 def test_a_multi_frame_dicom_is_a_volume_unless_a_frame_is_chosen() -> None:
     frames = mf.multiframe_ct(3)
-    assert inputs.is_volume(frames, {}, LIMITS) and not inputs.is_volume(frames, {"frame": 1}, LIMITS)
+    assert inputs.DicomUpload.open(frames, {}, max_pixels=10**8).is_volume
+    assert not inputs.DicomUpload.open(frames, {"frame": 1}, max_pixels=10**8).is_volume
     stack = inputs.open_volume(frames, {"slices": [0, 2]}, LIMITS)
     assert stack.shape == (3, 128, 128) and stack.indices == [0, 2]
     one, _ = inputs.load_2d(frames, {"frame": 2}, 10**8)
