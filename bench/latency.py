@@ -10,8 +10,8 @@ key, and three subprocesses exactly as tests/e2e/processes.py starts them: the e
 with a fixed latency (``--latency-ms``, so the endpoint part is stable), the gateway and one
 Celery worker.
 
-Two paths, interleaved sample by sample (A, B, A, B, ...) so machine drift hits both alike, one
-request at a time (load well under 50 %):
+The paths, interleaved sample by sample so machine drift hits all alike, one request at a time
+(load well under 50 %):
 
 * direct: in this process, ``workers.pipeline.segment`` with an ``EndpointClient`` pointed at the
   emulator (prepare_image -> score -> masks_to_original -> area/bbox/encode). A direct caller has
@@ -20,6 +20,13 @@ request at a time (load well under 50 %):
 * gateway: ``POST /v1/jobs`` (multipart, same image and prompts) with ``Prefer: wait=30``, timed
   from send until the terminal job is received (a GET with ``Prefer: wait`` follows if the POST
   answered before the job ended, which should not happen).
+
+* floor: the same upload through bench/latency_floor.py, the least a service with this pipeline
+  must do (durable INSERT with the image, Celery, a claim, the same ``segment``, the result
+  committed, Redis pub/sub back), with none of our features. What it adds over direct is what
+  the pipeline itself costs on this machine; the gateway's figure reads against it.
+
+Three paths are interleaved (every order in turn), not two.
 
 Target (performance-limits.md, "End-to-end overhead"): added <= 10 ms at p50 and <= 25 ms at p99;
 the exit status is 0 on PASS, 1 on FAIL. The breakdown comes from the job's own timestamps
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import itertools
 import os
 import secrets
 import shutil
@@ -48,11 +56,13 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import psycopg
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import latency_floor  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.e2e.processes import stop, wait_http  # noqa: E402
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
@@ -63,6 +73,9 @@ TARGET_P99_MS = 25.0
 WAIT_S = 30
 SAMPLE_TIMEOUT_S = 60.0  # one gateway sample never takes longer than this
 STARTUP_TIMEOUT_S = 60.0
+FLOOR_SCRIPT = REPO / "bench" / "latency_floor.py"
+#: Every order of the three paths, taken in turn.
+PATH_ORDERS = list(itertools.permutations(("direct", "gateway", "floor")))
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -100,17 +113,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], env: dict[str, str], log: Path, *, script: Path | None = None) -> subprocess.Popen[bytes]:
+    """``python -m medparse.cli ARGS`` (or ``python SCRIPT ARGS``), output into ``log``."""
+    command = [sys.executable, str(script), *args] if script else [sys.executable, "-m", "medparse.cli", *args]
     with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "medparse.cli", *args], env=env, cwd=REPO,
-            stdout=handle, stderr=subprocess.STDOUT,
-        )
+        return subprocess.Popen(command, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
 
 
 @contextlib.contextmanager
-def processes(env: dict[str, str], tmp: Path, latency_ms: float, keep_logs: bool) -> Iterator[dict[str, object]]:
-    """Emulator, gateway and one worker; yields their URLs and Popen objects."""
+def processes(
+    env: dict[str, str], floor_env: dict[str, str], tmp: Path, latency_ms: float, keep_logs: bool
+) -> Iterator[dict[str, object]]:
+    """Emulator, gateway and one worker, and the floor's server and worker (bench/latency_floor.py);
+    yields their URLs and Popen objects."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
         emu_port, gw_port = free_port(), free_port()
@@ -132,8 +147,15 @@ def processes(env: dict[str, str], tmp: Path, latency_ms: float, keep_logs: bool
         worker = start(["worker", "--concurrency", "2"], service_env, tmp / "worker.log")
         procs.append(worker)
         gateway_url = f"http://127.0.0.1:{gw_port}"
+        floor_port = free_port()
+        floor_env = child_env(**floor_env, FLOOR_PORT=str(floor_port), FLOOR_SCORING_URI=f"{emulator_url}/score")
+        floor = start(["serve"], floor_env, tmp / "floor-server.log", script=FLOOR_SCRIPT)
+        procs.append(floor)
+        procs.append(start(["worker"], floor_env, tmp / "floor-worker.log", script=FLOOR_SCRIPT))
+        floor_url = f"http://127.0.0.1:{floor_port}"
         wait_http(f"{gateway_url}/healthz", seconds=STARTUP_TIMEOUT_S, proc=gateway)
-        yield {"emulator": emulator_url, "gateway": gateway_url, "pids": {
+        wait_http(f"{floor_url}/healthz", seconds=STARTUP_TIMEOUT_S, proc=floor)
+        yield {"emulator": emulator_url, "gateway": gateway_url, "floor": floor_url, "pids": {
             "emulator": emulator.pid, "gateway": gateway.pid, "worker": worker.pid}, "procs": procs}
     finally:
         for proc in reversed(procs):
@@ -209,6 +231,15 @@ def gateway_sample(http: httpx.Client, image: bytes) -> dict[str, float]:
     }
 
 
+def floor_sample(http: httpx.Client, image: bytes) -> float:
+    """One job through bench/latency_floor.py, from send to its answer; returns wall ms."""
+    t0 = time.perf_counter()
+    resp = http.post("/jobs", files={"image": ("scan.png", image, "image/png")}, data={"prompts": PROMPTS})
+    if resp.status_code != 200 or resp.json()["status"] != "succeeded":
+        raise RuntimeError(f"floor answered {resp.status_code}: {resp.text[:300]}")
+    return (time.perf_counter() - t0) * 1e3
+
+
 # --- main -------------------------------------------------------------------------------------
 
 def summarize(name: str, values: list[float]) -> str:
@@ -248,7 +279,13 @@ def run(args: argparse.Namespace) -> int:
                 MEDPARSE_ENDPOINT_KEY=emulator_key,
                 MEDPARSE_LOG_LEVEL="WARNING",
             )
-            with processes(env, tmp, args.latency_ms, keep_logs=args.logs) as procs:
+            with psycopg.connect(database.conninfo, autocommit=True) as conn:
+                conn.execute(latency_floor.SCHEMA)
+            floor_env = {
+                "FLOOR_PG_URL": database.conninfo, "FLOOR_REDIS_URL": REDIS_URL, "FLOOR_NAMESPACE": namespace,
+                "FLOOR_ENDPOINT_KEY": emulator_key, "FLOOR_DATA_DIR": str(tmp / "floor"),
+            }
+            with processes(env, floor_env, tmp, args.latency_ms, keep_logs=args.logs) as procs:
                 pids = procs["pids"]
                 print(f"pids: {pids}  (e.g. py-spy dump --pid <pid>)", flush=True)
                 direct_settings = Settings(
@@ -261,39 +298,47 @@ def run(args: argparse.Namespace) -> int:
                     base_url=str(procs["gateway"]), headers={"Authorization": f"Bearer {api_key}"},
                     timeout=httpx.Timeout(SAMPLE_TIMEOUT_S, connect=5.0),
                 )
+                floor_http = httpx.Client(
+                    base_url=str(procs["floor"]), timeout=httpx.Timeout(SAMPLE_TIMEOUT_S, connect=5.0)
+                )
                 try:
                     # Warm-up: the first job waits for the worker to connect; bounded by STARTUP_TIMEOUT_S.
                     deadline = time.monotonic() + STARTUP_TIMEOUT_S
                     gateway_sample(http, image)
+                    floor_sample(floor_http, image)
                     for _ in range(args.warmup):
                         if time.monotonic() > deadline:
                             break
                         direct_sample(image, prompts, direct_settings, caller)
                         gateway_sample(http, image)
+                        floor_sample(floor_http, image)
 
                     direct: list[float] = []
                     direct_endpoint: list[float] = []
                     via: list[dict[str, float]] = []
+                    floor: list[float] = []
                     started = time.monotonic()
                     for i in range(args.samples):
-                        # Alternate which path goes first so neither always follows the other.
-                        order = (0, 1) if i % 2 == 0 else (1, 0)
-                        for which in order:
-                            if which == 0:
+                        # Rotate which path goes first so none always follows another.
+                        for which in PATH_ORDERS[i % len(PATH_ORDERS)]:
+                            if which == "direct":
                                 ms, endpoint_ms = direct_sample(image, prompts, direct_settings, caller)
                                 direct.append(ms)
                                 direct_endpoint.append(endpoint_ms)
-                            else:
+                            elif which == "gateway":
                                 via.append(gateway_sample(http, image))
+                            else:
+                                floor.append(floor_sample(floor_http, image))
                             time.sleep(args.gap_ms / 1000.0)
                         if time.monotonic() - started > args.max_seconds:
                             print(f"(stopped after {i + 1} pairs: {args.max_seconds:g} s budget)")
                             break
                 finally:
                     http.close()
+                    floor_http.close()
                     client.close()
 
-            report(direct, direct_endpoint, via, args)
+            report(direct, direct_endpoint, via, floor, args)
             failed = False
             return 0 if passed(direct, via) else 1
     finally:
@@ -316,7 +361,8 @@ def passed(direct: list[float], via: list[dict[str, float]]) -> bool:
 
 
 def report(
-    direct: list[float], direct_endpoint: list[float], via: list[dict[str, float]], args: argparse.Namespace
+    direct: list[float], direct_endpoint: list[float], via: list[dict[str, float]], floor: list[float],
+    args: argparse.Namespace,
 ) -> None:
     total = [v["total"] for v in via]
     n = min(len(direct), len(total))
@@ -329,6 +375,7 @@ def report(
     print(f"{'ms':<34} {'p50':>9} {'p90':>9} {'p99':>9} {'min':>9} {'max':>9}")
     print(summarize("direct segment()", direct))
     print(summarize("gateway POST + Prefer: wait", total))
+    print(summarize("floor (bench/latency_floor.py)", floor))
     print(summarize("paired difference (gw_i - dir_i)", paired))
     print()
     print("breakdown of the gateway path (job timestamps vs client clock)")
@@ -345,7 +392,10 @@ def report(
     if extra_gets:
         print(f"  note: {extra_gets:g} follow-up GETs were needed (POST answered before the job ended)")
     p50, p99 = added(direct, via)
+    floor_p50, floor_p99 = pct(floor, 50) - pct(direct, 50), pct(floor, 99) - pct(direct, 99)
     print()
+    print(f"the floor adds p50 {floor_p50:.1f} ms, p99 {floor_p99:.1f} ms: the least this pipeline costs here;"
+          f" the gateway adds {p50 - floor_p50:+.1f} / {p99 - floor_p99:+.1f} ms beyond it")
     ok50, ok99 = p50 <= TARGET_P50_MS, p99 <= TARGET_P99_MS
     print(f"added latency p50: {p50:6.1f} ms  (target <= {TARGET_P50_MS:g} ms)  {'PASS' if ok50 else 'FAIL'}")
     print(f"added latency p99: {p99:6.1f} ms  (target <= {TARGET_P99_MS:g} ms)  {'PASS' if ok99 else 'FAIL'}")
