@@ -315,7 +315,8 @@ def _nifti_for_3d(
     if header.frames == 1:
         return data if data.startswith(GZIP_MAGIC) else gzip.compress(data, compresslevel=1, mtime=0)
     with nifti.quiet():
-        frame = image_type(values, affine)
+        # An explicit dtype: nibabel refuses int64 data without one (and the frame keeps the file's type).
+        frame = image_type(values, affine, dtype=values.dtype)
         return gzip.compress(frame.to_bytes(), compresslevel=1, mtime=0)
 
 

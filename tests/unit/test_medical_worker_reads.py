@@ -138,3 +138,14 @@ def test_a_volume_makes_its_bounds_and_3d_nifti_only_when_used(monkeypatch: pyte
     assert (bounds[0], compressions[0]) == (1, 0)  # one mapping for the whole volume, computed once
     assert stack.encode_nifti is not None
     assert gzip.decompress(stack.encode_nifti()) == data and compressions[0] == 1
+
+
+def test_one_frame_of_an_int64_4d_nifti_goes_to_the_3d_model_in_its_own_type() -> None:
+    import nibabel as nib
+
+    volume = np.arange(8 * 6 * 4 * 2, dtype=np.int64).reshape(8, 6, 4, 2)
+    data = nib.Nifti1Image(volume, np.eye(4), dtype=np.int64).to_bytes()
+    stack = inputs.open_volume(data, {"model": MODEL_3D, "frame": 1}, inputs.Limits.from_settings(SETTINGS))
+    assert stack.encode_nifti is not None
+    sent = nib.Nifti1Image.from_bytes(gzip.decompress(stack.encode_nifti()))
+    assert sent.get_data_dtype() == np.int64 and np.array_equal(np.asarray(sent.dataobj), volume[..., 1])
