@@ -17,11 +17,12 @@ from typing import Any
 import orjson
 from sqlalchemy import DateTime, Uuid
 
+from db.jobs import MASK_SUMMARY_COLUMNS
 from db.models import Job
 
 #: Larger snapshots (a DICOM job's header details, say) are not sent; the waiter reads instead.
 MAX_SNAPSHOT_BYTES = 32 * 1024
-MASK_SUMMARY_KEYS = ("index", "prompt", "label", "area_px", "bbox", "height", "width")
+MASK_SUMMARY_KEYS = tuple(column.key for column in MASK_SUMMARY_COLUMNS)
 
 _DATETIME_COLUMNS = frozenset(c.name for c in Job.__table__.c if isinstance(c.type, DateTime))
 _UUID_COLUMNS = frozenset(c.name for c in Job.__table__.c if isinstance(c.type, Uuid))

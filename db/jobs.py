@@ -170,10 +170,20 @@ def transition_stmt(
     return update(Job).where(*conditions).values(status=target.value, updated_at=now, **values)
 
 
-def transition_sync(conn: Connection, stmt: Update) -> None:
-    result = conn.execute(stmt)
+def transition_sync(conn: Connection, stmt: Update, params: dict[str, Any] | None = None) -> Any:
+    """Run a compare-and-set UPDATE; StaleTransition when it changed no row (the job moved on).
+
+    Returns the changed row (a mapping) for a statement with RETURNING, else None.
+    """
+    result = conn.execute(stmt, params)
+    if result.returns_rows:
+        row = result.mappings().first()
+        if row is None:
+            raise StaleTransition()
+        return row
     if result.rowcount != 1:
         raise StaleTransition()
+    return None
 
 
 def _param(column: Any) -> Any:

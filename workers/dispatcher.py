@@ -85,8 +85,8 @@ def round_stmt_pg() -> Select[Any]:
 
     The advisory lock is taken first (a MATERIALIZED CTE everything else reads); without it the
     window has no free place and nothing is marked. Parameters: ``window``, ``default_cap``, ``now``.
-    Rows: ``ok`` (the lock was ours) and, per job marked, ``id``, ``rn``, ``created_at`` (at least
-    one row: ``id`` NULL when nothing was marked). No WAL flush wait at commit: a dispatched_at
+    Rows: ``ok`` (the lock was ours) and, per job marked in fair order (turn, then age), ``id``
+    (at least one row: ``id`` NULL when nothing was marked). No WAL flush wait at commit: a dispatched_at
     lost in a Postgres crash only means the sweeper hands the job back, and a second delivery is
     harmless (the claim is a compare-and-set). The statement's snapshot may predate a round that
     committed just before the lock was taken: the window can then overshoot by one batch, once.
@@ -113,8 +113,11 @@ def round_stmt_pg() -> Select[Any]:
         .returning(Job.id, batch.c.rn, batch.c.created_at)
         .cte("marked")
     )
-    return select(locked.c.ok, marked.c.id, marked.c.rn, marked.c.created_at).select_from(
-        locked.outerjoin(marked, true())
+    # UPDATE ... RETURNING keeps no order: the batch's order is applied to what it returns.
+    return (
+        select(locked.c.ok, marked.c.id)
+        .select_from(locked.outerjoin(marked, true()))
+        .order_by(marked.c.rn, marked.c.created_at)
     )
 
 
@@ -168,7 +171,7 @@ def dispatch_round(ctx: WorkerContext) -> list[str] | None:
             rows = autocommit.execute(ROUND_PG, params).all()
         if not rows or not rows[0].ok:
             return None
-        ids = [r.id for r in sorted((r for r in rows if r.id is not None), key=lambda r: (r.rn, r.created_at))]
+        ids = [r.id for r in rows if r.id is not None]
     else:
         ids = _round_portable(ctx, now)
     published: list[str] = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Update
+from sqlalchemy import Engine
 
 from db import jobs as repo
 from db import medical as medical_repo
@@ -66,15 +66,6 @@ def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
     )
 
 
-def _compare_and_set(conn: Connection, stmt: Update, params: dict[str, Any]) -> Any:
-    """Run ``repo.SUCCEED`` or ``repo.FAIL`` (StaleTransition if the job moved on). Returns the
-    changed row, with whether anyone listens to its webhook events (the outbox is only touched if so)."""
-    row = conn.execute(stmt, params).mappings().first()
-    if row is None:
-        raise repo.StaleTransition()
-    return row
-
-
 def finish(
     engine: Engine, claimed: Claim, result: Segmentation, *, delete_input: bool = False
 ) -> Ended | None:
@@ -98,7 +89,7 @@ def finish(
     }
     try:
         with engine.begin() as conn:
-            changed = _compare_and_set(conn, repo.SUCCEED, params)
+            changed = repo.transition_sync(conn, repo.SUCCEED, params)
             # No DELETE first: masks (and the medical row) are only written here, in the transaction
             # that makes the job succeeded (terminal), so a running attempt never finds any.
             if rows:
@@ -126,7 +117,7 @@ def fail(
     }
     try:
         with engine.begin() as conn:
-            changed = _compare_and_set(conn, repo.FAIL, params)
+            changed = repo.transition_sync(conn, repo.FAIL, params)
             if changed["webhook_subscribed"]:
                 record_transition(conn, claimed.job_id, JobStatus.failed)  # webhook outbox, same transaction
     except repo.StaleTransition:
