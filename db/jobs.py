@@ -110,8 +110,10 @@ SELECT_MASK_SUMMARIES = (
 )
 
 
-def count_queued_stmt(tenant_id: uuid.UUID) -> Select[Any]:
-    return select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status == JobStatus.queued.value)
+#: A tenant's queued jobs (parameter ``tenant_id``), built once: it runs on the submit path.
+COUNT_QUEUED = select(func.count()).select_from(Job).where(
+    Job.tenant_id == bindparam("tenant_id", type_=Job.tenant_id.type), Job.status == JobStatus.queued.value
+)
 
 
 def select_mask_data(job_id: uuid.UUID, index: int | None = None) -> Select[Any]:

@@ -64,9 +64,9 @@ class AuthCache:
 
 
 async def authenticate(
-    engine: AsyncEngine, settings: Settings, authorization: str | None, cache: AuthCache | None = None
+    engine: AsyncEngine, settings: Settings, authorization: str | None, cache: AuthCache
 ) -> Principal:
-    if authorization and cache is not None and (cached := cache.get(authorization)) is not None:
+    if authorization and (cached := cache.get(authorization)) is not None:
         return cached
     if not authorization:
         raise _unauthorized("send 'Authorization: Bearer <api key>'")
@@ -94,8 +94,7 @@ async def authenticate(
         scopes=frozenset(row["scopes"]),
         quotas=TenantQuotas.from_row(row, settings),
     )
-    if cache is not None:
-        cache.put(authorization, who, expires_at)
+    cache.put(authorization, who, expires_at)
     return who
 
 

@@ -46,7 +46,7 @@ def requested_wait(request: web.Request, settings: Settings) -> float | None:
 M = TypeVar("M", bound=BaseModel)
 
 
-def path_uuid(request: web.Request, name: str = "job_id", what: str = "job") -> uuid.UUID:
+def path_uuid(request: web.Request, name: str, what: str) -> uuid.UUID:
     """The id in the path; one that is not a UUID names nothing: 404 ``<what>_not_found``."""
     try:
         return uuid.UUID(request.match_info[name])
@@ -55,7 +55,7 @@ def path_uuid(request: web.Request, name: str = "job_id", what: str = "job") -> 
 
 
 def job_id_from(request: web.Request) -> uuid.UUID:
-    return path_uuid(request)
+    return path_uuid(request, "job_id", "job")
 
 
 def page_limit(request: web.Request) -> int:

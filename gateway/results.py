@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -24,11 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db import jobs as repo
 from db import medical as medical_repo
 from db.status import JobStatus
+from gateway import services
 from gateway.auth import principal
 from gateway.handlers import job_id_from
 from gateway.keys import ENGINE, SETTINGS
-from gateway.problems import ApiProblem, field_error, not_found
-from gateway.tenancy import tenant_transaction
+from gateway.problems import ApiProblem, field_error
+from gateway.tenancy import job_row, tenant_transaction
 from medparse import imaging, masks
 from medparse.job_links import is_volume
 from medparse.medical import dicom, geometry, inputs, nifti, volumes
@@ -44,12 +46,23 @@ _PROVENANCE_HEADER_KEYS = ("model", "deployment", "endpoint_client_request_id", 
 class Loaded:
     row: dict[str, Any]
     summaries: list[dict[str, Any]]
-    #: decoded 2-D masks (N, H, W), or None for a volume
-    image_masks: np.ndarray | None
-    volume: volumes.VolumeMasks | None
+    #: a 2-D job's stored mask rows, or None for a volume (whose masks are in ``medical``)
+    mask_rows: list[Any] | None
     medical: dict[str, Any] | None
     #: the upload, when the format needs it (None also when retention deleted it)
     image: bytes | None
+
+    # Decoded on first use, by ``render`` in its thread: CPU work stays off the event loop.
+    @cached_property
+    def image_masks(self) -> np.ndarray | None:
+        """The decoded 2-D masks (N, H, W), or None for a volume."""
+        return None if self.mask_rows is None else np.stack(services.decode_masks(self.mask_rows))
+
+    @cached_property
+    def volume(self) -> volumes.VolumeMasks | None:
+        if self.mask_rows is not None or self.medical is None:
+            return None
+        return _decode_volume(self.medical, len(self.summaries))
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -103,9 +116,7 @@ def _provenance_header(provenance: dict[str, Any]) -> str:
 
 async def load_result(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID, *, need_input: bool) -> Loaded:
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
-        if row is None:
-            raise not_found()
+        row = await job_row(conn, tenant_id, job_id)
         if row["status"] != JobStatus.succeeded.value:
             raise ApiProblem(409, "job_not_succeeded", f"the job is {row['status']}; results exist once it succeeded")
         summaries = [dict(m) for m in (await conn.execute(repo.SELECT_MASK_SUMMARIES, {"job_id": job_id})).mappings()]
@@ -115,14 +126,9 @@ async def load_result(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UU
             mask_rows = list((await conn.execute(repo.select_mask_data(job_id))).mappings())
         image = (await conn.execute(repo.select_input(job_id))).scalar_one_or_none() if need_input else None
     medical = dict(medical_row) if medical_row is not None else None
-    image_masks, volume = None, None
-    if mask_rows is not None:
-        image_masks = np.stack([masks.decode_mask(m["data"], m["height"], m["width"]) for m in mask_rows])
-    elif medical is not None and medical.get("data") is not None:
-        volume = _decode_volume(medical, len(summaries))
-    else:
+    if mask_rows is None and (medical is None or medical.get("data") is None):
         raise ApiProblem(409, "result_unavailable", "the job's volume masks are missing")
-    return Loaded(dict(row), summaries, image_masks, volume, medical, image)
+    return Loaded(dict(row), summaries, mask_rows, medical, image)
 
 
 def _decode_volume(medical: dict[str, Any], count: int) -> volumes.VolumeMasks:

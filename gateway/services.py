@@ -28,7 +28,7 @@ from gateway.job_writer import JobWriter, PendingJob
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.schemas import JobPublic
 from gateway.submission import JobSubmission
-from gateway.tenancy import QueuedJobsGauge, tenant_transaction
+from gateway.tenancy import QueuedJobsGauge, job_row, tenant_transaction
 from gateway.webhook_services import attach_job_webhook
 from medparse import imaging, job_links, masks
 from medparse.medical.errors import OptionRejected
@@ -134,10 +134,12 @@ async def submit_job(
     settings: Settings,
     who: Principal,
     submission: JobSubmission,
-    idempotency_key: str | None = None,
-    gauge: QueuedJobsGauge | None = None,
+    idempotency_key: str | None,
+    gauge: QueuedJobsGauge,
 ) -> Submitted:
-    """Validate the image, then commit the job and its bytes in one transaction and nudge dispatch."""
+    """Validate the image and check the queued-jobs quota (from ``gauge``, or one count of its own),
+    then commit the job and its bytes in one transaction (shared with concurrent submissions: see
+    gateway/job_writer.py) and nudge dispatch."""
     if len(submission.image) > who.quotas.max_image_bytes:
         raise ApiProblem(
             413, "payload_too_large", f"image: larger than this tenant's {who.quotas.max_image_bytes} bytes",
@@ -171,7 +173,7 @@ async def _insert_job(
     who: Principal,
     submission: JobSubmission,
     reservation: idempotency.Reservation | None,
-    gauge: QueuedJobsGauge | None = None,
+    gauge: QueuedJobsGauge,
 ) -> JobPublic:
     options = submission.options.model_dump(mode="json", exclude_none=True)
     info = await probe_upload(submission.image, settings, options)
@@ -190,32 +192,32 @@ async def _insert_job(
     )
     job = to_public(_new_job_row(new, info, len(submission.image)), None)
     await _check_queued_quota(engine, who, gauge)
+    # Built before the transaction, which other submissions may share (gateway/job_writer.py).
+    stored = job_created_response(job) if reservation is not None else None
 
     async def in_same_transaction(conn: AsyncConnection) -> None:
         await attach_job_webhook(conn, who.tenant_id, new.id, submission.webhook)  # gateway/webhook_services.py
-        if reservation is not None:
+        if reservation is not None and stored is not None:
             # Stored in the job's own transaction: a retry after a crash finds the job, never a second one.
-            await idempotency.complete_in(conn, reservation, job_created_response(job), job_id=new.id)
+            await idempotency.complete_in(conn, reservation, stored, job_id=new.id)
 
     job_params, input_params = repo.insert_job_params(new)
     needs_more = submission.webhook is not None or reservation is not None
     await writer.write(PendingJob(
         who.tenant_id, job_params, input_params, in_same_transaction if needs_more else None
     ))
-    if gauge is not None:
-        gauge.added(who.tenant_id)
+    gauge.added(who.tenant_id)
     return job
 
 
-async def _check_queued_quota(engine: AsyncEngine, who: Principal, gauge: QueuedJobsGauge | None) -> None:
+async def _check_queued_quota(engine: AsyncEngine, who: Principal, gauge: QueuedJobsGauge) -> None:
     """429 when the tenant's queue is full. Soft: concurrent submissions may overshoot by their number."""
     quota = who.quotas.max_queued_jobs
-    queued = gauge.estimate(who.tenant_id, quota) if gauge is not None else None
+    queued = gauge.estimate(who.tenant_id, quota)
     if queued is None:
         async with tenant_transaction(engine, who.tenant_id) as conn:
-            queued = (await conn.execute(repo.count_queued_stmt(who.tenant_id))).scalar_one()
-        if gauge is not None:
-            gauge.counted(who.tenant_id, queued)
+            queued = (await conn.execute(repo.COUNT_QUEUED, {"tenant_id": who.tenant_id})).scalar_one()
+        gauge.counted(who.tenant_id, queued)
     if queued >= quota:
         raise ApiProblem(
             429, "queued_jobs_quota_exceeded",
@@ -243,11 +245,8 @@ def _new_job_row(new: repo.NewJob, info: imaging.ImageInfo, size: int) -> dict[s
 
 
 async def get_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
-    ids = {"job_id": job_id, "tenant_id": tenant_id}
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.SELECT_JOB, ids)).mappings().first()
-        if row is None:
-            raise not_found()
+        row = await job_row(conn, tenant_id, job_id)
         mask_rows = None
         if row["status"] == JobStatus.succeeded.value:
             mask_rows = list((await conn.execute(repo.SELECT_MASK_SUMMARIES, {"job_id": job_id})).mappings())
@@ -310,9 +309,7 @@ async def list_jobs(
 
 async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
-        if row is None:
-            raise not_found()
+        row = await job_row(conn, tenant_id, job_id)
         current = JobStatus(row["status"])
         if current not in CANCELABLE:
             raise ApiProblem(409, "job_not_cancelable", f"the job is already {current}")
@@ -341,9 +338,7 @@ async def load_masks(
 ) -> list[Any]:
     """The stored mask rows of a succeeded job (one, or all in prompt order); ``decode_masks`` them."""
     async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
-        if row is None:
-            raise not_found()
+        row = await job_row(conn, tenant_id, job_id)
         if row["status"] != JobStatus.succeeded.value:
             raise ApiProblem(409, "job_not_succeeded", f"the job is {row['status']}; masks exist once it succeeded")
         mask_rows = list((await conn.execute(repo.select_mask_data(job_id, index))).mappings())

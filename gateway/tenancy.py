@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import RowMapping, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from db import jobs
+from gateway.problems import not_found
 from medparse.settings import Settings
 
 
@@ -84,6 +86,14 @@ _SET_TENANT = select(func.set_config("medparse.tenant_id", bindparam("tenant_id"
 async def scope_to_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
     if conn.dialect.name == "postgresql":
         await conn.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
+
+
+async def job_row(conn: AsyncConnection, tenant_id: uuid.UUID, job_id: uuid.UUID) -> RowMapping:
+    """The tenant's job row; 404 when there is none (or it is another tenant's)."""
+    row = (await conn.execute(jobs.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
+    if row is None:
+        raise not_found()
+    return row
 
 
 @asynccontextmanager

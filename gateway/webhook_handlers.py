@@ -13,7 +13,7 @@ from aiohttp import web
 from db.webhooks import DELIVERY_STATUSES
 from gateway import webhook_services as services
 from gateway.auth import principal
-from gateway.handlers import json_response, page_limit, parse_body, path_uuid
+from gateway.handlers import job_id_from, json_response, page_limit, parse_body, path_uuid
 from gateway.keys import ENGINE, SETTINGS
 from gateway.problems import field_error
 from gateway.webhook_schemas import DeliveriesPublic, WebhookCreate, WebhooksPublic, WebhookUpdate
@@ -106,7 +106,7 @@ async def _deliveries(
 
 
 async def list_job_deliveries(request: web.Request) -> web.Response:
-    return await _deliveries(request, job_id=path_uuid(request))
+    return await _deliveries(request, job_id=job_id_from(request))
 
 
 async def list_webhook_deliveries(request: web.Request) -> web.Response:

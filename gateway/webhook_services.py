@@ -10,11 +10,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db import jobs as jobs_repo
 from db import webhooks as repo
 from gateway.cursors import decode_cursor, encode_cursor
 from gateway.problems import ApiProblem, field_error, not_found
-from gateway.tenancy import tenant_transaction
+from gateway.tenancy import job_row, tenant_transaction
 from gateway.webhook_schemas import (
     DeliveryPublic,
     SecretPublic,
@@ -230,9 +229,8 @@ async def list_deliveries(
     """The tenant's deliveries (of one job, of one endpoint, or all), newest first, with attempts."""
     after = decode_cursor(cursor) if cursor else None
     async with tenant_transaction(engine, tenant_id) as conn:
-        ids = {"job_id": job_id, "tenant_id": tenant_id}
-        if job_id is not None and (await conn.execute(jobs_repo.SELECT_JOB, ids)).first() is None:
-            raise not_found()
+        if job_id is not None:
+            await job_row(conn, tenant_id, job_id)  # 404 unless it is the tenant's job
         if endpoint_id is not None:
             await _endpoint_row(conn, tenant_id, endpoint_id)
         stmt = repo.list_deliveries_stmt(
