@@ -10,6 +10,7 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 import medparse
+from gateway import idempotency
 from gateway.admin_schemas import (
     KeyCreate,
     KeyCreatedPublic,
@@ -185,6 +186,7 @@ def build_document() -> dict[str, Any]:
                                           "503": {"description": "not ready", **_json("HealthPublic")}}}},
     }
     paths.update(webhook_paths())  # gateway/webhook_openapi.py
+    _document_idempotency_keys(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "medparse-gateway", "version": medparse.__version__},
@@ -195,6 +197,23 @@ def build_document() -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "paths": paths,
     }
+
+
+def _camel(route_name: str) -> str:
+    first, *rest = route_name.split("_")
+    return first + "".join(word.title() for word in rest)
+
+
+def _document_idempotency_keys(paths: dict[str, Any]) -> None:
+    """Every POST takes an Idempotency-Key (gateway/idempotency.py) but those whose answer holds a secret."""
+    refused = {_camel(name) for name in idempotency.NOT_REPLAYABLE_ROUTES}
+    for path_item in paths.values():
+        operation = path_item.get("post")
+        if operation is None or operation["operationId"] in refused:
+            continue
+        parameters = operation.setdefault("parameters", [])
+        if IDEMPOTENCY_KEY not in parameters:
+            parameters.append(IDEMPOTENCY_KEY)
 
 
 async def serve(request: web.Request) -> web.Response:
