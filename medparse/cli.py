@@ -23,26 +23,37 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _serve_one(settings: Settings, reuse_port: bool) -> None:
-    import uvloop
     from aiohttp import web
 
     from gateway.app import create_app
 
-    # uvloop: about 10 % less CPU per request than asyncio's own loop (bench/accept.py).
+    try:  # about 10 % less CPU per request than asyncio's own loop (bench/accept.py); not on Windows
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
     web.run_app(
         create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
-        reuse_port=reuse_port, loop=uvloop.new_event_loop(),
+        reuse_port=reuse_port, loop=loop,
     )
 
 
 def gateway_process_count(settings: Settings, requested: int | None) -> int:
-    """``--processes``, else the setting, else one per CPU core (always one in the embedded mode)."""
+    """``--processes``, else the setting, else one per CPU this process may run on (always one in the
+    embedded mode): a container limited to 2 CPUs on a 64-core host starts 2, not 64 pools."""
     processes = requested or settings.gateway_processes
     if processes > 1 and settings.embedded:
         raise SystemExit("the embedded mode runs one gateway process (set MEDPARSE_REDIS_URL for more)")
     if processes:
         return processes
-    return 1 if settings.embedded else max(1, os.cpu_count() or 1)
+    return 1 if settings.embedded else max(1, usable_cpus())
+
+
+def usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _die_with_parent() -> None:

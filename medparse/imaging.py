@@ -145,7 +145,7 @@ def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
         if png is not None:
             return ImageInfo(format=fmt, width=png.width, height=png.height, channels=png.channels,
                              bit_depth=png.bit_depth)
-    im, fmt, orientation = _open_decoded(data, max_pixels)
+    im, orientation = _open_decoded(data, fmt, max_pixels)
     width, height = im.size
     if orientation in (5, 6, 7, 8):  # the four orientations that turn the image by 90 degrees
         width, height = height, width
@@ -253,25 +253,25 @@ def _check_size(width: int, height: int, frames: int, max_pixels: int) -> None:
         )
 
 
+def _declares_too_many(max_pixels: int) -> ImageRejected:
+    return ImageRejected("image_too_large", f"the image declares too many pixels; the limit is {max_pixels}")
+
+
 def _check_declared_png(width: int, height: int, max_pixels: int) -> None:
     _check_size(width, height, 1, max_pixels)
     if Image.MAX_IMAGE_PIXELS is not None and width * height > 2 * Image.MAX_IMAGE_PIXELS:
-        # What Pillow's decompression-bomb guard refuses on the decoding path.
-        raise ImageRejected("image_too_large", f"the image declares too many pixels; the limit is {max_pixels}")
+        raise _declares_too_many(max_pixels)  # what Pillow's decompression-bomb guard refuses when decoding
 
 
-def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
-    """Open with the sniffed format only, check the size, decode fully, read the EXIF orientation."""
-    fmt = _sniff(data)
+def _open_decoded(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int]:
+    """Open as ``fmt`` (``_sniff``'s verdict) only, check the size, decode fully, read the EXIF orientation."""
     with quiet_warnings():
         try:
             im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]])
             width, height = im.size
             frames = int(getattr(im, "n_frames", 1))
         except Image.DecompressionBombError:
-            raise ImageRejected(
-                "image_too_large", f"the image declares too many pixels; the limit is {max_pixels}"
-            ) from None
+            raise _declares_too_many(max_pixels) from None
         except Exception as exc:  # Pillow's parsers raise many exception types on hostile input
             if _declares_no_pixels(data, fmt):
                 _check_size(0, 0, 1, max_pixels)
@@ -282,7 +282,7 @@ def _open_decoded(data: bytes, max_pixels: int) -> tuple[Image.Image, str, int]:
             im.load()
         except Exception as exc:
             raise _corrupt(fmt) from exc
-        return im, fmt, _exif_orientation(im)
+        return im, _exif_orientation(im)
 
 
 @contextmanager
@@ -345,7 +345,8 @@ def _load(
         from medparse.medical.inputs import load_2d  # imports this module
 
         return load_2d(data, options, max_pixels)
-    im, fmt, orientation = _open_decoded(data, max_pixels)
+    fmt = _sniff(data)
+    im, orientation = _open_decoded(data, fmt, max_pixels)
     mode = im.mode
     try:
         with quiet_warnings():

@@ -9,7 +9,6 @@ must fit the input, a full decode), so a job that is accepted does not fail on i
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gzip
 from collections.abc import Callable, Mapping
@@ -49,6 +48,7 @@ class MedicalRecord:
 
     source_kind: str
     source_header: bytes | None
+    #: a volume's shape and slice axis: set by the worker from its ``SliceStack`` (workers/volume_pipeline.py)
     volume_shape: list[int] | None = None
     slice_axis: int | None = None
     affine: list[list[float]] | None = None
@@ -170,15 +170,15 @@ class DicomUpload:
         _check_dicom_options(header, opts, limits)
         indices = opts.slice_indices(header.frames)
         values = dicom.decode(header, None)
-        record = dataclasses.replace(self.record(), volume_shape=list(values.shape[:3]), slice_axis=0)
+        invert = header.photometric == "MONOCHROME1"
         reading = {
             "format": "dicom", "transfer_syntax": header.transfer_syntax_name, "photometric": header.photometric,
             "frames": header.frames, "slices": len(indices), "modality_lut": _modality_lut(header),
-            "inverted": header.photometric == "MONOCHROME1", "normalization": None, "options": opts.echo(),
+            "inverted": invert, "normalization": None, "options": opts.echo(),
         }
         return SliceStack(
-            values=values, slice_axis=0, indices=indices, window=opts.window,
-            invert=header.photometric == "MONOCHROME1", reading=reading, record=record,
+            values=values, slice_axis=0, indices=indices, window=opts.window, invert=invert, reading=reading,
+            record=self.record(),
         )
 
 
@@ -287,10 +287,7 @@ def _nifti_stack(data: bytes, opts: MedicalOptions, limits: Limits) -> SliceStac
     header = nifti.parse_header(data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes)
     axis, indices = _check_nifti_options(header, opts, limits)
     values, image = nifti.load(data, header, frame=opts.frame)
-    record = MedicalRecord(
-        source_kind="nifti", source_header=nifti.header_blob(image), volume_shape=list(header.spatial_shape),
-        slice_axis=axis, affine=nifti.affine_of(image),
-    )
+    record = MedicalRecord(source_kind="nifti", source_header=nifti.header_blob(image), affine=nifti.affine_of(image))
     reading: dict[str, Any] = {
         "format": "nifti", "nifti_version": header.version, "dtype": str(values.dtype), "slice_axis": axis,
         "slices": len(indices), "options": opts.echo(), "normalization": None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import uuid
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from medparse import __version__
+from medparse.imaging import quiet_warnings
 from medparse.medical import dicom, geometry
 
 _UID_NAMESPACE = uuid.UUID("0b7e7b59-55e4-4c55-a2a4-8f0f5d3c6a11")
@@ -76,8 +76,7 @@ def dicom_seg_bytes(
     request_id = str(provenance.get("endpoint_client_request_id") or "")
     placement = _placement(source, frames)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_warnings():
             seg = hd.seg.Segmentation(
                 source_images=[source],
                 pixel_array=pixel_array,

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from db import jobs as jobs_repo
 from db import webhooks as repo
 from db.status import JobStatus
+from medparse.job_links import job_path
 from medparse.webhooks.events import EVENT_FOR_STATUS, EventType
 from medparse.webhooks.payload import build_payload
 
@@ -60,7 +61,7 @@ def _payload(
     except Exception:  # a payload bug must never block the job's own status change
         log.exception("webhook payload for job %s (%s) fell back to the minimal form", job["id"], event)
         return {"type": event.value, "timestamp": now.isoformat(),
-                "data": {"id": str(job["id"]), "status": job["status"], "urls": {"get": f"/v1/jobs/{job['id']}"}}}
+                "data": {"id": str(job["id"]), "status": job["status"], "urls": {"get": job_path(job["id"])}}}
 
 
 def record_job_event(

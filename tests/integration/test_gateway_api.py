@@ -202,8 +202,10 @@ async def test_health_readiness_and_openapi(api: TestClient) -> None:
     routes = {r.resource.canonical for r in api.app.router.routes() if r.resource is not None}  # type: ignore[union-attr]
     assert routes - {"/openapi.json"} <= set(doc["paths"])
     assert "JobPublic" in doc["components"]["schemas"]
-    takes_key = {item["post"]["operationId"]: any(p["name"] == "Idempotency-Key" for p in item["post"].get("parameters", []))
-                 for item in doc["paths"].values() if "post" in item}
+    posts = [item["post"] for item in doc["paths"].values() if "post" in item]
+    takes_key = {
+        op["operationId"]: any(p["name"] == "Idempotency-Key" for p in op.get("parameters", [])) for op in posts
+    }
     assert takes_key["createJob"] and takes_key["createWebhook"] and takes_key["cancelJob"]
     assert not takes_key["adminCreateKey"] and not takes_key["rotateWebhookSecret"]  # answers hold a secret
 

@@ -14,9 +14,11 @@ PG = "postgresql+asyncpg://u@127.0.0.1/db"
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def test_one_per_core_by_default_with_postgres_and_redis(tmp_path: Path) -> None:
+def test_one_per_core_by_default_with_postgres_and_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(data_dir=tmp_path, database_url=PG, redis_url=REDIS)
-    assert gateway_process_count(settings, None) == (os.cpu_count() or 1)
+    assert gateway_process_count(settings, None) == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # a container limited to 1 CPU
+    assert gateway_process_count(settings, None) == 1
 
 
 def test_the_setting_and_the_flag_win(tmp_path: Path) -> None:
