@@ -42,13 +42,9 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy medparse gateway workers db emulator
 
-bench: install-test
-	-$(BIN)/python bench/worker.py
-	-$(BIN)/python bench/accept.py
-	-$(BIN)/python bench/latency.py
-	-$(BIN)/python bench/utilisation.py
-	-$(BIN)/python bench/fairness.py
-	-$(BIN)/python bench/soak.py
+bench: install-test  # every bench runs; the exit status says whether any of them failed
+	@status=0; for b in worker accept latency utilisation fairness soak; do \
+		$(BIN)/python bench/$$b.py || status=1; done; exit $$status
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

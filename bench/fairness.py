@@ -12,8 +12,8 @@ one gateway (tenant rate limit and queued-jobs quota raised through ``MEDPARSE_T
 ``_BURST`` / ``MEDPARSE_TENANT_MAX_QUEUED_JOBS``) and two
 ``medparse worker --concurrency 8`` processes, all with ``MEDPARSE_LOG_LEVEL=WARNING``.
 
-Phase ``fair`` (the product's defaults: ``MEDPARSE_DISPATCH_WINDOW=16``,
-``MEDPARSE_TENANT_MAX_RUNNING_JOBS=16``):
+Phase ``fair`` (the product's defaults from medparse/settings.py: ``MEDPARSE_DISPATCH_WINDOW`` and
+``MEDPARSE_TENANT_MAX_RUNNING_JOBS``, unless ``--window`` / ``--cap`` say otherwise):
 
 1. tenant A's backlog (``--backlog`` jobs, 5,000) is submitted through ``POST /v1/jobs`` (a small PNG,
    ``--submit-concurrency`` connections) while no worker runs, so the whole backlog is queued. If the
@@ -72,6 +72,7 @@ import psycopg  # noqa: E402
 import redis  # noqa: E402
 from psycopg.types.json import Json  # noqa: E402
 
+from medparse.settings import Settings  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.e2e.processes import stop, wait_http  # noqa: E402
 from tests.factories import ct_slice_png  # noqa: E402
@@ -548,7 +549,6 @@ def fifo_phase(args: argparse.Namespace, procs: Procs, envs: Env, tenants: dict[
 def run(args: argparse.Namespace) -> int:
     from medparse.cli import create_tenant
     from medparse.migrate import upgrade
-    from medparse.settings import Settings
 
     image = ct_slice_png()
     body, ctype = multipart_body(image, PROMPT)
@@ -672,8 +672,11 @@ def main() -> None:
     parser.add_argument("--b-gap-s", type=float, default=2.0)
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--concurrency", type=int, default=8, help="threads per worker (2 workers)")
-    parser.add_argument("--window", type=int, default=16, help="MEDPARSE_DISPATCH_WINDOW in the fair phase")
-    parser.add_argument("--cap", type=int, default=16, help="MEDPARSE_TENANT_MAX_RUNNING_JOBS in the fair phase")
+    defaults = Settings.model_fields
+    parser.add_argument("--window", type=int, default=defaults["dispatch_window"].default,
+                        help="MEDPARSE_DISPATCH_WINDOW in the fair phase (default: the product's)")
+    parser.add_argument("--cap", type=int, default=defaults["tenant_max_running_jobs"].default,
+                        help="MEDPARSE_TENANT_MAX_RUNNING_JOBS in the fair phase (default: the product's)")
     parser.add_argument("--no-fifo", action="store_true", help="skip the FIFO validation phase")
     parser.add_argument("--fifo-backlog", type=int, default=300)
     parser.add_argument("--fifo-b-jobs", type=int, default=3)

@@ -6,9 +6,10 @@ Run with ``.venv/bin/python bench/latency.py`` (about 1-2 minutes). Needs the ma
 
 Set-up (all private to this run, torn down at the end even on failure): a throwaway Postgres
 database (created, migrated, dropped), a random Redis namespace (its keys deleted), a tenant and
-key, and three subprocesses exactly as tests/e2e/processes.py starts them: the endpoint emulator
-with a fixed latency (``--latency-ms``, so the endpoint part is stable), the gateway and one
-Celery worker.
+key, and five subprocesses: as tests/e2e/processes.py starts them, the endpoint emulator with a
+fixed latency (``--latency-ms``, so the endpoint part is stable), the gateway (its default: one
+process per CPU) and one Celery worker; and the floor's server and worker (bench/latency_floor.py,
+its tables created in the same database).
 
 The paths, interleaved sample by sample so machine drift hits all alike, one request at a time
 (load well under 50 %):
@@ -331,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
                                 floor.append(floor_sample(floor_http, image))
                             time.sleep(args.gap_ms / 1000.0)
                         if time.monotonic() - started > args.max_seconds:
-                            print(f"(stopped after {i + 1} pairs: {args.max_seconds:g} s budget)")
+                            print(f"(stopped after {i + 1} rounds: {args.max_seconds:g} s budget)")
                             break
                 finally:
                     http.close()
@@ -405,7 +406,7 @@ def report(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=100, help="timed samples per path (default 100)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed pairs first (default 10)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed rounds of every path first (default 10)")
     parser.add_argument("--latency-ms", type=float, default=50.0,
                         help="emulator's fixed latency (its own decode+segment time, ~25-30 ms, counts towards it)")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="pause between samples (keeps load low)")

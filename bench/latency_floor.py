@@ -70,6 +70,8 @@ def make_celery() -> Any:
     app.conf.update(
         task_default_queue=queue(), task_ignore_result=True, task_acks_late=True,
         worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+        # kombu's own keys (bindings, unacked) under the run's namespace too, as the service keeps them
+        broker_transport_options={"global_keyprefix": f"{env('NAMESPACE')}:floor:"},
     )
     return app
 

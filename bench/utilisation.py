@@ -59,9 +59,13 @@ import redis  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.e2e.processes import stop, wait_http  # noqa: E402
 from tests.factories import ct_slice_png  # noqa: E402
+from tests.support.throwaway import (  # noqa: E402
+    REDIS_URL,
+    ThrowawayDatabase,
+    throwaway_database,
+    throwaway_namespace,
+)
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 PROMPTS = "liver & kidney"
 CAPACITY = 8
 LATENCY_MS = 500.0
@@ -219,12 +223,13 @@ class Sample:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+    def __init__(self, args: argparse.Namespace, tmp: Path, database: ThrowawayDatabase, namespace: str) -> None:
         self.args = args
         self.tmp = tmp
-        self.db_name = f"medparse_bench_{uuid.uuid4().hex[:12]}"
-        self.namespace = f"mpbench-{uuid.uuid4().hex[:10]}"
-        self.db_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.db_name}"
+        self.database = database
+        self.db_name = database.name
+        self.namespace = namespace
+        self.db_url = database.async_url
         self.emulator_key = secrets.token_urlsafe(16)
         self.emulator_url = ""
         self.gateway_url = ""
@@ -232,25 +237,6 @@ class Bench:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # setup / teardown
-    def create_db(self) -> None:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-
-    def drop_db(self) -> None:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-
-    def clean_redis(self) -> int:
-        client = redis.Redis.from_url(REDIS_URL)
-        try:
-            deleted = 0
-            keys = list(client.scan_iter(match=f"{self.namespace}*", count=1000))
-            for i in range(0, len(keys), 500):
-                deleted += int(client.delete(*keys[i:i + 500]))
-            return deleted
-        finally:
-            client.close()
-
     def service_env(self, **extra: str) -> dict[str, str]:
         return base_env(
             MEDPARSE_DATA_DIR=str(self.tmp / "var"),
@@ -268,7 +254,6 @@ class Bench:
         from medparse.migrate import upgrade
         from medparse.settings import Settings
 
-        self.create_db()
         settings = Settings(database_url=self.db_url, redis_url=REDIS_URL, redis_namespace=self.namespace,
                             data_dir=self.tmp / "var")
         upgrade(settings)
@@ -390,7 +375,7 @@ class Bench:
         return phase
 
     def sync_conninfo(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:5432/{self.db_name}"
+        return self.database.conninfo
 
     @staticmethod
     def analyse(phase: Phase, rows: list[tuple[Any, ...]], samples: list[Sample]) -> None:
@@ -526,23 +511,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("jobs in 1..5000, baseline-jobs in 0..5000, workers in 1..8, tenants in 1..64")
 
     tmp = Path(tempfile.mkdtemp(prefix="medparse-util-"))
-    bench = Bench(args, tmp)
     verdict = False
     try:
-        bench.setup()
-        phases = [bench.run_phase(Phase("capped", args.jobs, CAPACITY), args.max_phase_s)]
-        if args.headroom:
-            phases.append(bench.run_phase(Phase("headroom", args.jobs, args.headroom), args.max_phase_s))
-        if args.baseline_jobs:
-            phases.append(bench.run_phase(
-                Phase("uncapped", args.baseline_jobs, args.baseline_per_instance), args.max_phase_s))
-        verdict = report(phases, args)
+        # The database is dropped and the namespace's keys deleted after the processes stopped.
+        with throwaway_database("medparse_bench") as database, throwaway_namespace("mpbench") as namespace:
+            bench = Bench(args, tmp, database, namespace)
+            try:
+                bench.setup()
+                phases = [bench.run_phase(Phase("capped", args.jobs, CAPACITY), args.max_phase_s)]
+                if args.headroom:
+                    phases.append(bench.run_phase(Phase("headroom", args.jobs, args.headroom), args.max_phase_s))
+                if args.baseline_jobs:
+                    phases.append(bench.run_phase(
+                        Phase("uncapped", args.baseline_jobs, args.baseline_per_instance), args.max_phase_s))
+                verdict = report(phases, args)
+            finally:
+                bench.teardown()
     finally:
-        bench.teardown()
-        with contextlib.suppress(Exception):
-            bench.drop_db()
-        with contextlib.suppress(Exception):
-            bench.clean_redis()
         if args.keep_logs or not verdict:
             print(f"logs kept in {tmp}")
         else:

@@ -25,9 +25,9 @@ def test_generated_requests_never_get_a_server_error(pg_settings: Settings, tmp_
         pg_settings, MEDPARSE_PORT=str(port), MEDPARSE_TENANT_RATE_LIMIT_RPS="100000",
         MEDPARSE_TENANT_RATE_LIMIT_BURST="100000", MEDPARSE_LOG_LEVEL="WARNING",
     )
-    gateway = start(["serve"], env, tmp_path / "gateway.log")
     st = shutil.which("st", path=str(Path(sys.executable).parent))
     assert st is not None, "schemathesis (test extra) is not installed"
+    gateway = start(["serve"], env, tmp_path / "gateway.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
         run = subprocess.run(
