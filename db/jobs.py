@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection
 
 from db.models import Job, JobInput, JobMask
 from db.status import JobStatus, check_transition
-from db.webhooks import webhook_subscribed
+from db.webhooks import OUTBOX_COLUMNS
 
 JOB_COLUMNS = [c for c in Job.__table__.c]
 MASK_SUMMARY_COLUMNS = [
@@ -195,9 +195,9 @@ def _param(column: Any) -> Any:
 
 #: The three status changes a worker makes, built once: they run for every job, and building an
 #: UPDATE with its RETURNING subqueries (and its cache key) costs more than running it. Each
-#: returns ``webhook_subscribed`` (db/webhooks.py) so the outbox is only touched when someone listens.
-#: CLAIM: queued -> running, counting the attempt; RETURNING the new attempt number, what the job
-#: asks for and its image (one round trip). Parameters: ``job_id``, ``now``, ``lease_until``.
+#: returns the whole row with ``OUTBOX_COLUMNS`` (db/webhooks.py): the outbox then reads nothing.
+#: CLAIM: queued -> running, counting the attempt; RETURNING the row (with the new attempt number)
+#: and the job's image (one round trip). Parameters: ``job_id``, ``now``, ``lease_until``.
 _JOB_ID = bindparam("job_id", type_=Job.id.type)
 _NOW = bindparam("now", type_=Job.updated_at.type)
 CLAIM = transition_stmt(
@@ -205,9 +205,10 @@ CLAIM = transition_stmt(
     lease_expires_at=bindparam("lease_until", type_=Job.lease_expires_at.type),
     attempts=Job.attempts + 1,
 ).returning(
-    Job.attempts, Job.prompts, Job.options,
+    Job.attempts,  # first: the attempt number is the claim's answer (``scalar_one()``)
+    *(column for column in JOB_COLUMNS if column.key != "attempts"),
     select(JobInput.data).where(JobInput.job_id == Job.id).scalar_subquery().label("image"),
-    webhook_subscribed(),
+    *OUTBOX_COLUMNS,
 )
 _ATTEMPT = bindparam("attempt", type_=Job.attempts.type)
 _USAGE: dict[str, Any] = {  # this attempt's endpoint calls and seconds, added to the job's totals
@@ -220,13 +221,13 @@ SUCCEED = transition_stmt(
     _JOB_ID, JobStatus.running, JobStatus.succeeded, now=_NOW, attempt=_ATTEMPT, completed_at=_NOW,
     lease_expires_at=None, result_width=_param(Job.result_width), result_height=_param(Job.result_height),
     result_meta=_param(Job.result_meta), error_code=None, error_message=None, **_USAGE,
-).returning(*JOB_COLUMNS, webhook_subscribed())
+).returning(*JOB_COLUMNS, *OUTBOX_COLUMNS)
 #: running -> failed for one attempt, RETURNING the whole row. Parameters: ``job_id``, ``attempt``,
 #: ``now``, ``new_error_code``, ``new_error_message``, ``calls``, ``seconds``.
 FAIL = transition_stmt(
     _JOB_ID, JobStatus.running, JobStatus.failed, now=_NOW, attempt=_ATTEMPT, completed_at=_NOW,
     lease_expires_at=None, error_code=_param(Job.error_code), error_message=_param(Job.error_message), **_USAGE,
-).returning(*JOB_COLUMNS, webhook_subscribed())
+).returning(*JOB_COLUMNS, *OUTBOX_COLUMNS)
 
 
 def claim_params(job_id: uuid.UUID, *, now: datetime, lease_until: datetime) -> dict[str, Any]:

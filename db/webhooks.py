@@ -167,26 +167,22 @@ def _tenant_has_endpoints() -> Any:
     )
 
 
-def webhook_subscribed() -> Any:
-    """Whether anyone listens to this job's events (its own webhook, or an enabled endpoint of its
-    tenant): RETURNING it with a status change spares the outbox a query when nobody does."""
-    return or_(
-        select(JobWebhook.job_id).where(JobWebhook.job_id == Job.id).exists(), _tenant_has_endpoints()
-    ).label("webhook_subscribed")
+def _own_webhook(column: Any) -> Any:
+    return select(column).where(JobWebhook.job_id == Job.id).scalar_subquery()
 
 
-#: The job row (for the payload) and its own webhook, if any, in one round trip. Parameter: ``job_id``.
-#: Built once: the outbox runs it with every status change of a job someone listens to.
-SELECT_JOB_WITH_WEBHOOK = (
-    select(
-        *Job.__table__.c,
-        JobWebhook.url.label("webhook_url"),
-        JobWebhook.event_types.label("webhook_events"),
-        JobWebhook.disabled_at.label("webhook_disabled_at"),
-        _tenant_has_endpoints().label("tenant_has_endpoints"),
-    )
-    .outerjoin(JobWebhook, JobWebhook.job_id == Job.id)
-    .where(Job.id == bindparam("job_id", type_=Job.id.type))
+#: What the outbox needs besides the job row: the job's own webhook and whether its tenant has an
+#: enabled endpoint. A status change RETURNING them with the job row (``OUTBOX_COLUMNS``) hands the
+#: outbox everything: it reads nothing, and when nobody listens it does no I/O at all.
+OUTBOX_COLUMNS = [
+    _own_webhook(JobWebhook.url).label("webhook_url"),
+    _own_webhook(JobWebhook.event_types).label("webhook_events"),
+    _own_webhook(JobWebhook.disabled_at).label("webhook_disabled_at"),
+    _tenant_has_endpoints().label("tenant_has_endpoints"),
+]
+#: The same for a job the caller has not just changed (parameter ``job_id``).
+SELECT_JOB_WITH_WEBHOOK = select(*Job.__table__.c, *OUTBOX_COLUMNS).where(
+    Job.id == bindparam("job_id", type_=Job.id.type)
 )
 
 

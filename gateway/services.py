@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from db import jobs as repo
 from db.job_snapshot import decode_snapshot
 from db.status import CANCELABLE, JobStatus, is_terminal
-from db.webhooks import webhook_subscribed
+from db.webhooks import OUTBOX_COLUMNS
 from gateway import idempotency, medical
 from gateway.auth import Principal
 from gateway.cursors import decode_cursor, encode_cursor
@@ -318,11 +318,10 @@ async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUI
             job_id, current, JobStatus.canceled, now=now, tenant_id=tenant_id, completed_at=now,
             lease_expires_at=None,
         )
-        changed = (await conn.execute(stmt.returning(*repo.JOB_COLUMNS, webhook_subscribed()))).mappings().first()
+        changed = (await conn.execute(stmt.returning(*repo.JOB_COLUMNS, *OUTBOX_COLUMNS))).mappings().first()
         if changed is None:
             raise ApiProblem(409, "job_changed", "the job changed state meanwhile; fetch it and retry")
-        if changed["webhook_subscribed"]:
-            await record_transition_async(conn, job_id, JobStatus.canceled)  # webhook outbox, same transaction
+        await record_transition_async(conn, job_id, JobStatus.canceled, changed)  # webhook outbox, same transaction
     return to_public(changed, None)  # canceled: no result to read
 
 

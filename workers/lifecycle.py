@@ -58,8 +58,7 @@ def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
             return None
         if row.image is None:
             raise RuntimeError(f"job {job_id} has no stored input")  # rolled back: the job stays queued
-        if row.webhook_subscribed:
-            record_transition(conn, job_id, JobStatus.running)  # webhook outbox, same transaction
+        record_transition(conn, job_id, JobStatus.running, job=row._mapping)  # webhook outbox, same transaction
     return Claim(
         job_id=job_id, attempt=row.attempts, prompts=list(row.prompts), image=row.image,
         options=dict(row.options or {}),
@@ -98,8 +97,8 @@ def finish(
                 conn.execute(medical_repo.insert_medical_stmt(claimed.job_id, result.medical))
             if delete_input:
                 conn.execute(repo.delete_input_stmt(claimed.job_id))
-            if changed["webhook_subscribed"]:  # webhook outbox, same transaction; the payload lists the masks
-                record_transition(conn, claimed.job_id, JobStatus.succeeded, masks=rows)
+            # webhook outbox, same transaction; the payload lists the masks
+            record_transition(conn, claimed.job_id, JobStatus.succeeded, masks=rows, job=changed)
     except repo.StaleTransition:
         log.info("job %s attempt %d: result discarded (job canceled or taken over)", claimed.job_id, claimed.attempt)
         return None
@@ -118,8 +117,7 @@ def fail(
     try:
         with engine.begin() as conn:
             changed = repo.transition_sync(conn, repo.FAIL, params)
-            if changed["webhook_subscribed"]:
-                record_transition(conn, claimed.job_id, JobStatus.failed)  # webhook outbox, same transaction
+            record_transition(conn, claimed.job_id, JobStatus.failed, job=changed)  # webhook outbox, same transaction
     except repo.StaleTransition:
         return None
     return Ended(encode_snapshot(changed, []))

@@ -65,15 +65,22 @@ def _payload(
 
 
 def record_job_event(
-    conn: Connection, job_id: uuid.UUID, event: EventType | str, masks: Sequence[Mapping[Any, Any]] | None = None
+    conn: Connection,
+    job_id: uuid.UUID,
+    event: EventType | str,
+    masks: Sequence[Mapping[Any, Any]] | None = None,
+    job: Mapping[Any, Any] | None = None,
 ) -> int:
     """Write one delivery row per subscribed target of ``job_id``'s ``event``; returns how many
     targets are subscribed. Call it inside the transaction that changed the job's status.
-    ``masks``: the succeeded job's mask rows when the caller has them (else they are read)."""
+    ``masks``: the succeeded job's mask rows when the caller has them (else they are read).
+    ``job``: the changed row with ``db.webhooks.OUTBOX_COLUMNS``, as the status change RETURNed it
+    (else it is read); with it, a job nobody listens to costs no I/O here."""
     event = EventType(event)
-    job = conn.execute(repo.SELECT_JOB_WITH_WEBHOOK, {"job_id": job_id}).mappings().first()
     if job is None:
-        return 0
+        job = conn.execute(repo.SELECT_JOB_WITH_WEBHOOK, {"job_id": job_id}).mappings().first()
+        if job is None:
+            return 0
     targets = _targets(conn, job, event)
     if not targets:
         return 0
@@ -92,12 +99,18 @@ def record_job_event(
 
 
 def record_transition(
-    conn: Connection, job_id: uuid.UUID, status: JobStatus | str, masks: Sequence[Mapping[Any, Any]] | None = None
+    conn: Connection,
+    job_id: uuid.UUID,
+    status: JobStatus | str,
+    masks: Sequence[Mapping[Any, Any]] | None = None,
+    job: Mapping[Any, Any] | None = None,
 ) -> int:
     """``record_job_event`` for the event a job entering ``status`` raises (none for ``queued``)."""
     event = EVENT_FOR_STATUS.get(JobStatus(status))
-    return 0 if event is None else record_job_event(conn, job_id, event, masks)
+    return 0 if event is None else record_job_event(conn, job_id, event, masks, job)
 
 
-async def record_transition_async(conn: AsyncConnection, job_id: uuid.UUID, status: JobStatus | str) -> int:
-    return await conn.run_sync(record_transition, job_id, status)
+async def record_transition_async(
+    conn: AsyncConnection, job_id: uuid.UUID, status: JobStatus | str, job: Mapping[Any, Any] | None = None
+) -> int:
+    return await conn.run_sync(record_transition, job_id, status, None, job)
