@@ -23,6 +23,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def session_timeouts(settings: Settings) -> dict[str, str]:
+    """Server settings bounding every statement and open transaction of a session (milliseconds;
+    0 disables): a runaway query or a transaction left open cannot hold locks and a pooled
+    connection for ever."""
+    return {
+        "statement_timeout": str(round(settings.db_statement_timeout_s * 1000)),
+        "idle_in_transaction_session_timeout": str(round(settings.db_idle_in_transaction_timeout_s * 1000)),
+    }
+
+
+def _libpq_options(settings: Settings) -> str:
+    return " ".join(f"-c {name}={value}" for name, value in session_timeouts(settings).items())
+
+
 def make_async_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     url = settings.async_database_url
     if url.startswith("sqlite"):
@@ -30,8 +44,12 @@ def make_async_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
+    kwargs.setdefault("connect_args", {"server_settings": session_timeouts(settings)})
     kwargs.setdefault("pool_size", settings.gateway_db_pool_size)
     kwargs.setdefault("max_overflow", 0)
+    # A request waiting longer than this for a pooled connection gets 503 with Retry-After
+    # (gateway/middleware.py) instead of queueing for SQLAlchemy's default 30 s.
+    kwargs.setdefault("pool_timeout", settings.gateway_db_pool_timeout_s)
     # No pre-ping: with asyncpg it is three round trips (BEGIN; ";"; ROLLBACK) per checkout, 6 of the
     # 15 database round trips of a submission (bench/accept.py). A connection that died with the
     # server fails one request with a 5xx, and SQLAlchemy then invalidates the whole pool.
@@ -42,18 +60,22 @@ def make_async_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
 
 
 def make_sync_engine(settings: Settings, *, system_scope: bool = False, **kwargs: Any) -> Engine:
-    """``system_scope``: the connection acts for the system (workers, sweeper, CLI), which the
-    row-level security policies let see every tenant's rows; the gateway never sets it."""
-    url = settings.sync_database_url
+    """``system_scope``: the connection acts for the system (workers, sweeper, CLI) and logs in with
+    ``system_database_url``, a member of ``medparse_system``, which the row-level security policies
+    let see every tenant's rows (migration 0007); the gateway never uses it. No setting of a session
+    can widen what a role sees: that is decided by which role logged in."""
+    url = settings.sync_system_database_url if system_scope else settings.sync_database_url
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    options = _libpq_options(settings)
     if system_scope:
         # jit off: the workers' statements are small, and JIT-compiling one (the dispatcher's fair
         # batch while the tables were unanalyzed, say) costs more than running it.
-        kwargs.setdefault("connect_args", {"options": "-c medparse.scope=system -c jit=off"})
+        options = f"-c jit=off {options}"
+    kwargs.setdefault("connect_args", {"options": options})
     kwargs.setdefault("pool_size", max(4, settings.worker_concurrency + 2))
     # Last in, first out: at low load the same few connections serve every request, with their
     # prepared statements and caches warm, instead of each pooled connection in turn (a cold

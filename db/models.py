@@ -8,10 +8,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -53,6 +55,42 @@ class Tenant(Base):
     max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
     max_running_jobs: Mapped[int | None] = mapped_column(Integer)
     max_image_bytes: Mapped[int | None] = mapped_column(Integer)
+    #: inputs + masks + medical outputs kept (migration 0007; counted in ``tenant_usage``)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class TenantUsage(Base):
+    """A tenant's stored bytes, kept by triggers in the transactions that store and delete them
+    (migration 0007_system_role_quota_audit): the quota check reads one row, never a sum."""
+
+    __tablename__ = "tenant_usage"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class AuditLog(Base):
+    """Who read, deleted or changed what (db/audit.py). Append-only for the application roles;
+    no PHI: ids, an action name and a request id only."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix__audit_log__tenant_id_at", "tenant_id", "at"),
+        Index("ix__audit_log__job_id", "job_id"),
+        Index("ix__audit_log__at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: ``key`` (an API key), ``operator`` (the operator credential) or ``cli``
+    actor: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    key_id: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    #: what else the action was on (``key:<id>``, ``webhook:<id>``, ``tenant:<id>``)
+    target: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class ApiKey(Base):

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import Select, String, bindparam, insert, select, update
 
-from db.models import ApiKey, Tenant
+from db.models import ApiKey, Tenant, TenantUsage
 
 KEY_PREFIX = "mpk_"
 DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
@@ -72,6 +72,7 @@ SELECT_KEY = (
     select(
         ApiKey.tenant_id, ApiKey.secret_hash, ApiKey.scopes, ApiKey.expires_at, ApiKey.revoked_at,
         Tenant.rate_limit_rps, Tenant.max_queued_jobs, Tenant.max_running_jobs, Tenant.max_image_bytes,
+        Tenant.max_stored_bytes,
     )
     .join(Tenant, Tenant.id == ApiKey.tenant_id)
     .where(ApiKey.id == bindparam("key_id", type_=String))
@@ -84,7 +85,7 @@ def select_tenant_by_name(name: str) -> Select[Any]:
 
 TENANT_COLUMNS = (
     Tenant.id, Tenant.name, Tenant.created_at, Tenant.rate_limit_rps, Tenant.max_queued_jobs,
-    Tenant.max_running_jobs, Tenant.max_image_bytes,
+    Tenant.max_running_jobs, Tenant.max_image_bytes, Tenant.max_stored_bytes,
 )
 KEY_COLUMNS = (
     ApiKey.id, ApiKey.tenant_id, ApiKey.label, ApiKey.scopes, ApiKey.created_at, ApiKey.expires_at,
@@ -130,3 +131,14 @@ def insert_labeled_key_stmt(
 def revoke_key_stmt(key_id: str, now: datetime) -> Any:
     """Revocation is immediate: every request looks its key up, nothing caches it."""
     return update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)).values(revoked_at=now)
+
+
+#: A tenant's stored bytes (inputs + masks + medical outputs), kept by triggers (migration 0007).
+#: Built once: it runs on the submit path whenever the gateway's estimate is stale.
+SELECT_STORED_BYTES = select(TenantUsage.stored_bytes).where(
+    TenantUsage.tenant_id == bindparam("tenant_id", type_=TenantUsage.tenant_id.type)
+)
+#: The tenant's own stored-bytes quota (NULL: the deployment default).
+SELECT_MAX_STORED_BYTES = select(Tenant.max_stored_bytes).where(
+    Tenant.id == bindparam("tenant_id", type_=Tenant.id.type)
+)

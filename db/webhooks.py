@@ -220,11 +220,25 @@ def _not_recently_dispatched(dispatched_before: datetime) -> Any:
     return or_(WebhookDelivery.dispatched_at.is_(None), WebhookDelivery.dispatched_at < dispatched_before)
 
 
-def due_deliveries_stmt(*, now: datetime, dispatched_before: datetime, limit: int) -> Select[Any]:
-    return (
-        select(WebhookDelivery.id)
+def due_deliveries_stmt(*, now: datetime, dispatched_before: datetime, limit: int, per_tenant: int) -> Select[Any]:
+    """Due deliveries, oldest first, at most ``per_tenant`` of each tenant: a tenant with a backlog
+    for a slow receiver cannot fill the queue with deliveries that would only be postponed (each
+    tenant has only a few sending slots), nor push other tenants' deliveries back."""
+    ranked = (
+        select(
+            WebhookDelivery.id,
+            WebhookDelivery.next_attempt_at,
+            func.row_number()
+            .over(partition_by=WebhookDelivery.tenant_id, order_by=WebhookDelivery.next_attempt_at)
+            .label("rank"),
+        )
         .where(_due(now), _not_recently_dispatched(dispatched_before))
-        .order_by(WebhookDelivery.next_attempt_at)
+        .subquery()
+    )
+    return (
+        select(ranked.c.id)
+        .where(ranked.c.rank <= per_tenant)
+        .order_by(ranked.c.next_attempt_at)
         .limit(limit)
     )
 
@@ -264,16 +278,30 @@ def claim_delivery_stmt(delivery_id: uuid.UUID, *, now: datetime, lease_until: d
     )
 
 
+def _update_own_claim(delivery_id: uuid.UUID, attempt: int) -> Update:
+    """An UPDATE of a delivery still being sent under the claim that made ``attempt`` (compare-and-set)."""
+    return update(WebhookDelivery).where(
+        WebhookDelivery.id == delivery_id, WebhookDelivery.status == SENDING, WebhookDelivery.attempts == attempt
+    )
+
+
 def finish_attempt_stmt(delivery_id: uuid.UUID, attempt: int, **values: Any) -> Update:
     """sending -> pending/succeeded/failed, only for the claim that made ``attempt``."""
     return (
-        update(WebhookDelivery)
-        .where(
-            WebhookDelivery.id == delivery_id,
-            WebhookDelivery.status == SENDING,
-            WebhookDelivery.attempts == attempt,
-        )
+        _update_own_claim(delivery_id, attempt)
         .values(claimed_until=None, **values)
+    )
+
+
+def postpone_claim_stmt(delivery_id: uuid.UUID, attempt: int, *, now: datetime, next_attempt_at: datetime) -> Update:
+    """sending -> pending without an attempt (no free per-tenant/per-host slot): the claim is undone,
+    attempt number included, so it costs the delivery neither an attempt nor a retry step."""
+    return (
+        _update_own_claim(delivery_id, attempt)
+        .values(
+            status=PENDING, attempts=WebhookDelivery.attempts - 1, claimed_until=None, dispatched_at=None,
+            next_attempt_at=next_attempt_at, updated_at=now,
+        )
     )
 
 

@@ -15,6 +15,8 @@ SIZE_MODES = frozenset({"lenient", "strict"})
 OUTPUT_3D_VARIANTS = frozenset({"nifti_file", "image_features"})
 #: Status codes a managed online endpoint is documented to return for infrastructure or model trouble.
 INJECTABLE_STATUSES = frozenset({408, 424, 429, 500, 502, 503, 504})
+#: ``silent``: accept the request, never answer; ``trickle``: answer one byte every hang_trickle_interval_s.
+HANG_MODES = frozenset({"silent", "trickle"})
 
 
 _AT_LEAST_ONE = ("request_timeout_ms", "max_concurrent_requests_per_instance", "instance_count", "max_rows")
@@ -45,6 +47,12 @@ class EmulatorConfig:
     rate_limit_rps: float = 500.0
     #: Status code -> probability of answering a scoring request with that status instead.
     fault_rates: dict[int, float] = field(default_factory=dict)
+    #: Probability that a scoring request hangs (emulator/faults.py ``hang``): accepted, then never
+    #: answered (``silent``) or answered one byte per ``hang_trickle_interval_s`` (``trickle``, which
+    #: defeats a client's per-read timeout), until the client gives up.
+    hang_rate: float = 0.0
+    hang_mode: str = "trickle"
+    hang_trickle_interval_s: float = 1.0
     size_mode: str = "lenient"
     allow_jpeg: bool = False
     max_rows: int = 256
@@ -60,6 +68,7 @@ class EmulatorConfig:
             raise ValueError(f"auth_mode must be one of {sorted(AUTH_MODES)}, not {self.auth_mode!r}")
         if self.output_3d not in OUTPUT_3D_VARIANTS:
             raise ValueError(f"output_3d must be one of {sorted(OUTPUT_3D_VARIANTS)}, not {self.output_3d!r}")
+        _check_hang(self.hang_mode, self.hang_rate, self.hang_trickle_interval_s)
         if self.size_mode not in SIZE_MODES:
             raise ValueError(f"size_mode must be one of {sorted(SIZE_MODES)}, not {self.size_mode!r}")
         if self.auth_mode == "aad_token" and not self.identity_header:
@@ -88,6 +97,15 @@ class EmulatorConfig:
         return 2 * self.capacity
 
 
+def _check_hang(mode: str, rate: float, interval_s: float) -> None:
+    if mode not in HANG_MODES:
+        raise ValueError(f"hang_mode must be one of {sorted(HANG_MODES)}, not {mode!r}")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError("hang_rate must be a probability in [0, 1]")
+    if interval_s <= 0:
+        raise ValueError("hang_trickle_interval_s must be > 0")
+
+
 def _check_fault_rates(fault_rates: dict[int, float]) -> None:
     unknown = set(fault_rates) - INJECTABLE_STATUSES
     if unknown:
@@ -98,9 +116,11 @@ def _check_fault_rates(fault_rates: dict[int, float]) -> None:
         raise ValueError("fault rates must add up to at most 1")
 
 
-_FLOAT_KNOBS = frozenset({"latency_ms", "latency_jitter_ms", "rate_limit_rps", "token_ttl_s"})
+_FLOAT_KNOBS = frozenset({
+    "latency_ms", "latency_jitter_ms", "rate_limit_rps", "token_ttl_s", "hang_rate", "hang_trickle_interval_s",
+})
 _INT_KNOBS = frozenset({"request_timeout_ms", "max_concurrent_requests_per_instance", "instance_count"})
-RUNTIME_KNOBS = _FLOAT_KNOBS | _INT_KNOBS | {"fault_rates", "size_mode"}
+RUNTIME_KNOBS = _FLOAT_KNOBS | _INT_KNOBS | {"fault_rates", "size_mode", "hang_mode"}
 
 
 def apply_runtime_patch(config: EmulatorConfig, patch: dict[str, Any]) -> None:
@@ -124,7 +144,7 @@ def _coerce_knob(name: str, value: Any) -> Any:
         return float(value)
     if name in _INT_KNOBS and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if name == "size_mode" and isinstance(value, str):
+    if name in ("size_mode", "hang_mode") and isinstance(value, str):
         return value
     if name == "fault_rates" and isinstance(value, dict):
         try:

@@ -11,6 +11,8 @@ import random
 import time
 from collections.abc import Callable
 
+from aiohttp import web
+
 #: Injected statuses answered at once, as the front end would; the rest come after the model's latency.
 IMMEDIATE_FAULTS = frozenset({429, 503})
 
@@ -94,3 +96,30 @@ def sample_latency_s(rng: random.Random, latency_ms: float, jitter_ms: float) ->
     """Simulated model time for one request: ``latency_ms`` +/- up to ``jitter_ms``, never negative."""
     jitter = rng.uniform(-jitter_ms, jitter_ms) if jitter_ms > 0 else 0.0
     return max(0.0, latency_ms + jitter) / 1000.0
+
+
+#: What a trickling hang sends: a valid status line, then a header value that never ends.
+_TRICKLE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-emulator-injected-fault: hang\r\nx-trickle: "
+
+
+#: Counted in the stats for a hung request once its client gave up (nginx's "client closed request").
+CLIENT_GAVE_UP = 499
+
+
+async def hang(request: web.Request, mode: str, interval_s: float) -> web.Response:
+    """Accept the request, then never finish the answer, until the client disconnects.
+
+    ``trickle`` writes the response head one byte per ``interval_s`` straight to the transport (and
+    then a header value that never ends), so a client's read timeout longer than ``interval_s`` never
+    fires; ``silent`` writes nothing. The answer returned afterwards goes nowhere (the connection
+    is gone); it only counts the request as 499 in the stats.
+    """
+    await request.read()
+    transport = request.transport
+    sent = 0
+    while transport is not None and not transport.is_closing():
+        if mode == "trickle":
+            transport.write(_TRICKLE[sent:sent + 1] if sent < len(_TRICKLE) else b"a")
+            sent += 1
+        await asyncio.sleep(interval_s if mode == "trickle" else 0.1)
+    return web.Response(status=CLIENT_GAVE_UP)

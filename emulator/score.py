@@ -14,7 +14,7 @@ from aiohttp import web
 
 from emulator.auth import may_score
 from emulator.config import EmulatorConfig
-from emulator.faults import FAULT_MESSAGES, IMMEDIATE_FAULTS, draw_fault, sample_latency_s
+from emulator.faults import FAULT_MESSAGES, IMMEDIATE_FAULTS, draw_fault, hang, sample_latency_s
 from emulator.protocol import ModelInputError, ScoringLimits, score_body
 from emulator.score3d import Scoring3DLimits, score3d_body
 from emulator.state import CONFIG, EXECUTOR, STATE, EmulatorState
@@ -76,6 +76,8 @@ async def score(request: web.Request) -> web.Response:
 async def _admit(request: web.Request, config: EmulatorConfig, state: EmulatorState) -> web.Response:
     if not state.rate_limiter.allow(config.rate_limit_rps):
         return error_response(429, "Rate-limited: the endpoint's requests-per-second limit was exceeded")
+    if config.hang_rate > 0 and state.rng.random() < config.hang_rate:
+        return await hang(request, config.hang_mode, config.hang_trickle_interval_s)
     fault = draw_fault(state.rng, config.fault_rates)
     if fault in IMMEDIATE_FAULTS:
         return injected_fault(fault)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import tenants as repo
-from db.models import Job
+from db.models import ApiKey, Job
 from gateway.admin_schemas import (
     KeyCreate,
     KeyCreatedPublic,
@@ -64,6 +64,13 @@ async def update_tenant(engine: AsyncEngine, tenant_id: uuid.UUID, patch: Tenant
     return _tenant(row)
 
 
+async def require_tenant(engine: AsyncEngine, tenant_id: uuid.UUID) -> None:
+    """404 ``tenant_not_found`` unless the tenant exists (for routes the operator points at one)."""
+    async with engine.connect() as conn:
+        if (await conn.execute(repo.select_tenant(tenant_id))).first() is None:
+            raise not_found("tenant")
+
+
 async def list_keys(engine: AsyncEngine, tenant_id: uuid.UUID) -> list[KeyPublic]:
     async with engine.connect() as conn:
         if (await conn.execute(repo.select_tenant(tenant_id))).first() is None:
@@ -87,16 +94,23 @@ async def create_key(engine: AsyncEngine, tenant_id: uuid.UUID, body: KeyCreate)
     return KeyCreatedPublic.model_validate({**_key(row).model_dump(), "key": issued.plaintext})
 
 
-async def revoke_key(engine: AsyncEngine, key_id: str) -> KeyPublic:
+async def revoke_key(engine: AsyncEngine, key_id: str, *, tenant_id: uuid.UUID | None) -> KeyPublic:
+    """Revoke ``key_id``; with ``tenant_id``, only if it is that tenant's (another's: 404, untouched)."""
+    revoke, select_key = repo.revoke_key_stmt(key_id, datetime.now(UTC)), repo.select_key_public(key_id)
+    if tenant_id is not None:
+        owned = ApiKey.tenant_id == tenant_id
+        revoke, select_key = revoke.where(owned), select_key.where(owned)
     async with engine.begin() as conn:
-        await conn.execute(repo.revoke_key_stmt(key_id, datetime.now(UTC)))
-        row = (await conn.execute(repo.select_key_public(key_id))).mappings().first()
+        await conn.execute(revoke)
+        row = (await conn.execute(select_key)).mappings().first()
     if row is None:
         raise not_found("key")
     return _key(row)
 
 
-async def usage(engine: AsyncEngine, tenant_id: uuid.UUID, start: datetime, end: datetime) -> UsagePublic:
+async def usage(
+    engine: AsyncEngine, tenant_id: uuid.UUID, start: datetime, end: datetime, default_max_stored_bytes: int = 0
+) -> UsagePublic:
     """What a tenant used in [start, end), by job creation time: for billing a lab's own users."""
     stmt = (
         select(
@@ -111,6 +125,9 @@ async def usage(engine: AsyncEngine, tenant_id: uuid.UUID, start: datetime, end:
     )
     async with tenant_transaction(engine, tenant_id) as conn:
         rows = (await conn.execute(stmt)).all()
+        stored = (await conn.execute(repo.SELECT_STORED_BYTES, {"tenant_id": tenant_id})).scalar() or 0
+        own_limit = (await conn.execute(repo.SELECT_MAX_STORED_BYTES, {"tenant_id": tenant_id})).scalar()
+    max_stored_bytes = default_max_stored_bytes if own_limit is None else own_limit
     return UsagePublic(
         tenant_id=tenant_id,
         start=start,
@@ -120,4 +137,6 @@ async def usage(engine: AsyncEngine, tenant_id: uuid.UUID, start: datetime, end:
         prompts=sum(int(r[2]) for r in rows),
         endpoint_calls=sum(int(r[3]) for r in rows),
         endpoint_seconds=round(sum(float(r[4]) for r in rows), 3),
+        stored_bytes=int(stored),
+        max_stored_bytes=max_stored_bytes or None,
     )

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from db.engine import make_async_engine
+from gateway.audit import audit_middleware
 from gateway.auth import AuthCache
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
 from gateway.idempotency import idempotency_middleware
 from gateway.job_writer import JobWriter
-from gateway.keys import AUTH_CACHE, ENGINE, EVENTS, JOB_WRITER, NUDGER, QUEUED_GAUGE, RATE_LIMITER, SETTINGS
-from gateway.middleware import auth_middleware, problems_middleware
+from gateway.keys import (
+    AUTH_CACHE,
+    DECODE_POOL,
+    ENGINE,
+    EVENTS,
+    JOB_WRITER,
+    NUDGER,
+    QUEUED_GAUGE,
+    RATE_LIMITER,
+    SETTINGS,
+)
+from gateway.middleware import auth_middleware, body_deadline_middleware, problems_middleware
 from gateway.ratelimit import RateLimiter
 from gateway.routes import setup_routes
 from gateway.tenancy import QueuedJobsGauge
+from medparse.decode_pool import DEFAULT_PRELOAD, DecodePool
 from medparse.settings import Settings, masked_url
 
 log = logging.getLogger(__name__)
@@ -55,16 +68,26 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
     await events.close()
 
 
+async def _decode_pool(app: web.Application) -> AsyncIterator[None]:
+    # Processes start on the first decode, so an app that never decodes (most tests) pays nothing.
+    pool = DecodePool.from_settings(app[SETTINGS], preload=(*DEFAULT_PRELOAD, "gateway.medical", "gateway.results"))
+    app[DECODE_POOL] = pool
+    yield
+    await asyncio.to_thread(pool.close)
+
+
 def create_app(settings: Settings) -> web.Application:
     # client_max_size bounds every body aiohttp reads for us (JSON); multipart parts are
     # counted by our own reader as they stream in.
     app = web.Application(
         client_max_size=settings.max_body_bytes + 64 * 1024,
-        middlewares=[problems_middleware, auth_middleware, idempotency_middleware],
+        middlewares=[
+            body_deadline_middleware, problems_middleware, auth_middleware, audit_middleware, idempotency_middleware,
+        ],
     )
     app[SETTINGS] = settings
     app[AUTH_CACHE] = AuthCache(settings.auth_cache_ttl_s)
     app[QUEUED_GAUGE] = QueuedJobsGauge()
-    app.cleanup_ctx.extend([_database, _nudger, _rate_limiter, _events])
+    app.cleanup_ctx.extend([_database, _nudger, _rate_limiter, _events, _decode_pool])
     setup_routes(app)
     return app

@@ -1,12 +1,20 @@
-"""Opaque page cursors: the (created_at, id) of the last row of a page, newest-first listings."""
+"""Opaque page cursors: the (created_at, id) of the last row of a page, newest-first listings.
+
+A cursor comes back from the client, so it is input like any other: a forged one must be a 400,
+never a database error (an instant that cannot be shifted to UTC, a huge string).
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import uuid
 from datetime import UTC, datetime
 
 from gateway.problems import field_error
+
+#: An encoded cursor is ~90 characters (ISO instant with offset, '|', a UUID, base64).
+MAX_CURSOR_CHARS = 200
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
@@ -15,10 +23,18 @@ def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise _forged()
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, _, row_id = base64.urlsafe_b64decode(padded).decode().partition("|")
         when = datetime.fromisoformat(created)
-        return (when if when.tzinfo else when.replace(tzinfo=UTC)), uuid.UUID(row_id)
-    except (ValueError, UnicodeDecodeError):
-        raise field_error("cursor", "not a cursor returned by this API", status=400) from None
+        # astimezone: year 1 at +14:00 (or 9999 at -14:00) has no UTC instant: OverflowError.
+        when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+        return when, uuid.UUID(row_id)
+    except (ValueError, UnicodeDecodeError, OverflowError, binascii.Error):
+        raise _forged() from None
+
+
+def _forged() -> Exception:
+    return field_error("cursor", "not a cursor returned by this API", status=400)

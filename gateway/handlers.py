@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
+import math
+import re
 import uuid
 from typing import TypeVar
 
-import numpy as np
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -14,11 +14,10 @@ from pydantic import BaseModel, ValidationError
 from db.status import JobStatus, is_terminal
 from gateway import idempotency, services
 from gateway.auth import principal
-from gateway.keys import ENGINE, EVENTS, JOB_WRITER, NUDGER, QUEUED_GAUGE, SETTINGS
+from gateway.keys import DECODE_POOL, ENGINE, EVENTS, JOB_WRITER, NUDGER, QUEUED_GAUGE, SETTINGS
 from gateway.problems import field_error, not_found
-from gateway.schemas import HealthPublic, JobPublic, JobsPublic
+from gateway.schemas import INT32_MAX, HealthPublic, JobPublic, JobsPublic
 from gateway.submission import parse_submission, validation_problem
-from medparse import masks
 from medparse.settings import Settings
 
 
@@ -39,6 +38,8 @@ def requested_wait(request: web.Request, settings: Settings) -> float | None:
                     seconds = float(value.strip().strip('"'))
                 except ValueError:
                     raise field_error("Prefer", "wait must be a number of seconds", status=400) from None
+                if not math.isfinite(seconds):  # nan would compare false to every bound below
+                    raise field_error("Prefer", "wait must be a finite number of seconds", status=400)
                 return max(0.0, min(seconds, settings.max_wait_seconds))
     return None
 
@@ -58,16 +59,26 @@ def job_id_from(request: web.Request) -> uuid.UUID:
     return path_uuid(request, "job_id", "job")
 
 
+def bounded_int(raw: str, name: str, low: int, high: int) -> int:
+    """A query value as an integer in [low, high]; 400 naming it otherwise. ASCII digits only:
+    ``int()`` alone also takes ``"1_000"``, ``" 7 "`` and other scripts' digits."""
+    if not _INTEGER.fullmatch(raw):
+        raise field_error(name, "must be an integer", status=400)
+    # Compared as text first: int() of a 5000-digit string is a ValueError (and slow) in itself.
+    value = int(raw) if len(raw) <= 20 else None
+    if value is None or not low <= value <= high:
+        raise field_error(name, f"must be between {low} and {high}", status=400)
+    return value
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def page_limit(request: web.Request) -> int:
     """``?limit=`` of a list route (rows per page), within the settings' bounds."""
     settings = request.app[SETTINGS]
-    try:
-        limit = int(request.query.get("limit", settings.default_page_size))
-    except ValueError:
-        raise field_error("limit", "must be an integer", status=400) from None
-    if not 1 <= limit <= settings.max_page_size:
-        raise field_error("limit", f"must be between 1 and {settings.max_page_size}", status=400)
-    return limit
+    raw = request.query.get("limit")
+    return settings.default_page_size if raw is None else bounded_int(raw, "limit", 1, settings.max_page_size)
 
 
 async def parse_body(request: web.Request, model: type[M], *, empty: bytes = b"") -> M:
@@ -97,6 +108,7 @@ async def create_job(request: web.Request) -> web.Response:
         request.app[ENGINE], request.app[JOB_WRITER], request.app[NUDGER], settings, who, submission,
         idempotency.key_from(request),
         request.app[QUEUED_GAUGE],
+        request.app[DECODE_POOL],
     )
     if submitted.replay is not None:
         return submitted.replay.to_response()
@@ -149,20 +161,21 @@ async def delete_job(request: web.Request) -> web.Response:
 
 async def get_mask_png(request: web.Request) -> web.Response:
     who = principal(request, "jobs:read")
-    try:
-        index = int(request.match_info["index"])
-    except ValueError:
-        raise not_found("mask") from None
+    raw = request.match_info["index"]
+    # Mask indexes are int32 in the database: a larger (or non-ASCII) one names no mask.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 10 or int(raw) > INT32_MAX:
+        raise not_found("mask")
+    index = int(raw)
     rows = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), index)
-    # Decoding and encoding a mask of up to max_image_pixels is CPU work: not on the event loop.
-    body = await asyncio.to_thread(lambda: masks.mask_png(services.decode_masks(rows)[0]))
+    # Decoding and encoding a mask of up to max_image_pixels: in a decode process, within its budget.
+    body = await services.render_masks(request.app[DECODE_POOL], who.tenant_id, services.mask_png_of, rows)
     return web.Response(body=body, content_type="image/png")
 
 
 async def get_masks_npz(request: web.Request) -> web.Response:
     who = principal(request, "jobs:read")
     rows = await services.load_masks(request.app[ENGINE], who.tenant_id, job_id_from(request), None)
-    body = await asyncio.to_thread(lambda: masks.masks_npz(np.stack(services.decode_masks(rows))))
+    body = await services.render_masks(request.app[DECODE_POOL], who.tenant_id, services.masks_npz_of, rows)
     return web.Response(body=body, content_type="application/octet-stream")
 
 

@@ -10,16 +10,18 @@ client that rebuilds its multipart body with a new boundary still matches.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db import idempotency as repo
-from gateway.auth import PRINCIPAL
+from gateway.auth import OPERATOR, PRINCIPAL
 from gateway.keys import ENGINE, SETTINGS
 from gateway.problems import ApiProblem, field_error
 from gateway.tenancy import tenant_transaction
@@ -27,6 +29,10 @@ from medparse.settings import Settings
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
+_ASCII_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+#: Claims of a key per request: the row that blocked our INSERT can be released (deleted) before we
+#: read it, and then the next INSERT may win; beyond this many rounds the key is busy (409).
+_RESERVE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,9 @@ def key_from(request: web.Request) -> str | None:
     if len(values) > 1:
         raise field_error(HEADER, "send the header once", status=400)
     key = values[0].strip().strip('"')
-    if not key or len(key) > MAX_KEY_CHARS or not key.isprintable():
-        raise field_error(HEADER, f"1 to {MAX_KEY_CHARS} printable characters", status=400)
+    # The draft makes the key a structured-field string: printable ASCII only.
+    if not key or len(key) > MAX_KEY_CHARS or not _ASCII_PRINTABLE.fullmatch(key):
+        raise field_error(HEADER, f"1 to {MAX_KEY_CHARS} printable ASCII characters", status=400)
     return key
 
 
@@ -77,12 +84,9 @@ async def reserve(
         await conn.execute(
             repo.delete_expired_stmt(tenant_id, key, created_before=now - timedelta(seconds=settings.idempotency_ttl_s))
         )
-        reserved = await conn.execute(
-            repo.reserve_stmt(conn.dialect.name, tenant_id, key, request_fingerprint, now=now, locked_until=lock)
-        )
-        if reserved.first() is not None:
+        row = await _claim(conn, tenant_id, key, request_fingerprint, now=now, locked_until=lock)
+        if row is None:
             return Reservation(tenant_id, key)
-        row = (await conn.execute(repo.select_stmt(tenant_id, key))).mappings().one()
         if row["fingerprint"] != request_fingerprint:
             raise ApiProblem(
                 422, "idempotency_key_reused",
@@ -97,7 +101,31 @@ async def reserve(
             )
             if taken.rowcount == 1:
                 return Reservation(tenant_id, key)
-    raise ApiProblem(
+    raise _in_flight()
+
+
+async def _claim(
+    conn: AsyncConnection, tenant_id: uuid.UUID, key: str, request_fingerprint: str, *,
+    now: datetime, locked_until: datetime,
+) -> RowMapping | None:
+    """None when this request now holds ``key``; else the row of the request that holds it."""
+    for _ in range(_RESERVE_ROUNDS):
+        claim = repo.reserve_stmt(
+            conn.dialect.name, tenant_id, key, request_fingerprint, now=now, locked_until=locked_until
+        )
+        reserved = await conn.execute(claim)
+        if reserved.first() is not None:
+            return None
+        # Each statement reads a fresh snapshot: the request that blocked our INSERT may have failed
+        # and released the key since (concurrent retries of a bad request); then claim it again.
+        row = (await conn.execute(repo.select_stmt(tenant_id, key))).mappings().first()
+        if row is not None:
+            return row
+    raise _in_flight()
+
+
+def _in_flight() -> ApiProblem:
+    return ApiProblem(
         409, "idempotency_request_in_flight",
         "a request with this Idempotency-Key is still being processed; retry shortly",
         headers={"Retry-After": "1"},
@@ -147,6 +175,8 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         return await handler(request)
     if route in NOT_REPLAYABLE_ROUTES:
         raise field_error(HEADER, "not accepted here: the answer holds a secret that is never stored", status=400)
+    if OPERATOR in request:  # keys are kept per tenant, and the operator is none
+        raise field_error(HEADER, "not accepted with the operator credential", status=400)
     engine, who = request.app[ENGINE], request[PRINCIPAL]
     body = await request.read()  # aiohttp keeps it for the handler
     outcome = await reserve(

@@ -8,6 +8,10 @@ table and tenant. An idle gateway therefore writes every job alone, without wait
 
 Every caller still gets its answer only after its own rows are committed. A batch that fails is
 written again job by job, so one bad job (a tenant deleted meanwhile, say) fails alone.
+
+The submissions waiting for a transaction are bounded (``submit_queue_max_jobs`` / ``_bytes``):
+when the database falls behind, a new one gets 503 ``submit_queue_full`` with Retry-After at
+once instead of piling up its image in memory.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db import jobs as repo
+from gateway.problems import ApiProblem
 from gateway.tenancy import scope_to_tenant
 from medparse.settings import Settings
 
@@ -53,13 +58,27 @@ class JobWriter:
         self._max_jobs = settings.submit_batch_max_jobs
         self._max_bytes = settings.submit_batch_max_bytes
         self._max_in_flight = settings.submit_batch_concurrency
+        self._max_waiting_jobs = settings.submit_queue_max_jobs
+        self._max_waiting_bytes = settings.submit_queue_max_bytes
         self._pending: deque[PendingJob] = deque()
+        self._pending_bytes = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def write(self, job: PendingJob) -> None:
-        """Return once ``job`` is committed (or raise what its transaction raised)."""
+        """Return once ``job`` is committed (or raise what its transaction raised); 503 at once if
+        too many jobs or bytes already wait for a transaction (the database is not keeping up)."""
+        size = job.size
+        if self._pending and (
+            len(self._pending) >= self._max_waiting_jobs or self._pending_bytes + size > self._max_waiting_bytes
+        ):
+            raise ApiProblem(
+                503, "submit_queue_full",
+                "too many submissions are waiting to be written on this gateway process; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         self._pending.append(job)
+        self._pending_bytes += size
         if self._in_flight < self._max_in_flight:
             self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._drain())
@@ -109,6 +128,7 @@ class JobWriter:
                 break
             batch.append(self._pending.popleft())
             size += job.size
+        self._pending_bytes -= size
         return batch
 
     async def _commit(self, batch: list[PendingJob]) -> None:
@@ -116,7 +136,9 @@ class JobWriter:
         for job in batch:
             by_tenant[job.tenant_id].append(job)
         async with self._engine.begin() as conn:
-            for tenant_id, jobs in by_tenant.items():
+            # In tenant order: each tenant's INSERT locks its tenant_usage row (migration 0007) until the
+            # commit, and two processes' batches taking the same tenants in opposite orders would deadlock.
+            for tenant_id, jobs in sorted(by_tenant.items()):
                 # Row-level security checks every row against the scope set here (gateway.tenancy).
                 await scope_to_tenant(conn, tenant_id)
                 if len(jobs) == 1:  # a lone job (an idle gateway): a plain execute is cheaper than executemany

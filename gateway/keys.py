@@ -11,6 +11,7 @@ from gateway.events import JobEventListener
 from gateway.job_writer import JobWriter
 from gateway.ratelimit import RateLimiter
 from gateway.tenancy import QueuedJobsGauge
+from medparse.decode_pool import DecodePool
 from medparse.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,3 +22,5 @@ RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 AUTH_CACHE = web.AppKey("auth_cache", AuthCache)
 QUEUED_GAUGE = web.AppKey("queued_gauge", QueuedJobsGauge)
 JOB_WRITER = web.AppKey("job_writer", JobWriter)
+#: full decodes of uploads and the result renderers run there (medparse/decode_pool.py)
+DECODE_POOL = web.AppKey("decode_pool", DecodePool)

@@ -37,7 +37,17 @@ def probe(image: bytes, settings: Settings, options: Mapping[str, Any] | None) -
             raise OptionRejected(f"options.{name}", "applies to DICOM and NIfTI inputs only")
     if opts.uses_3d_model:
         raise OptionRejected("options.model", "the 3-D model takes NIfTI volumes")
-    return imaging.probe_image(image, max_pixels=settings.max_image_pixels)
+    return imaging.probe_image(image, max_pixels=settings.max_image_pixels, max_frames=settings.max_image_frames)
+
+
+def check_headers(image: bytes, settings: Settings, options: Mapping[str, Any] | None) -> None:
+    """The header-only checks of ``probe`` (nothing proportional to a declared size is built), run in the
+    gateway process itself, so that a hostile header never takes a decode process's place.
+
+    Raises:
+        ImageRejected, OptionRejected: as ``probe`` would for these reasons.
+    """
+    inputs.check_headers(image, options, inputs.Limits.from_settings(settings))
 
 
 def formats_of(row: Mapping[Any, Any], base: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ from gateway.admin_schemas import (
     TenantsPublic,
     UsagePublic,
 )
-from gateway.schemas import HealthPublic, JobCreateJson, JobOptions, JobPublic, JobsPublic, ProblemPublic
+from gateway.schemas import INT32_MAX, HealthPublic, JobCreateJson, JobOptions, JobPublic, JobsPublic, ProblemPublic
 from gateway.webhook_openapi import FORM_FIELDS, INPUT_MODELS, OUTPUT_MODELS, webhook_paths
 
 REF = "#/components/schemas/{model}"
@@ -135,10 +135,11 @@ def build_document() -> dict[str, Any]:
                 JOB_ID,
                 {"name": "format", "in": "query", "required": True,
                  "schema": {"type": "string", "enum": ["png", "npz", "rle", "overlay", "nifti", "dicom-seg"]}},
-                {"name": "mask", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                {"name": "mask", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
                  "description": "one prompt's mask (default all; png: 0)"},
-                {"name": "slice", "in": "query", "schema": {"type": "integer", "minimum": 0},
-                 "description": "volume slice for png/overlay (default: the one with the most mask voxels)"},
+                {"name": "slice", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
+                 "description": "volume slice for png/overlay (default: the one with the most mask voxels); "
+                                "400 on a 2-D result or another format"},
             ],
             "responses": {"200": {"description": "the result in the requested format", "content": {
                 "image/png": {}, "application/octet-stream": {}, "application/json": {}, "application/gzip": {},
@@ -146,35 +147,58 @@ def build_document() -> dict[str, Any]:
         }},
         "/v1/usage": {"get": {
             "operationId": "getUsage",
-            "parameters": [{"name": n, "in": "query", "schema": {"type": "string", "format": "date-time"}}
-                           for n in ("from", "to")],
+            "description": "The caller's tenant (a key with jobs:read or admin); the operator names one with "
+                           "tenant_id. Instants between 1970-01-01 and 9000-01-01.",
+            "parameters": [
+                *({"name": n, "in": "query", "schema": {"type": "string", "format": "date-time"}}
+                  for n in ("from", "to")),
+                {"name": "tenant_id", "in": "query", "schema": {"type": "string", "format": "uuid"},
+                 "description": "operator credential only: whose usage"},
+            ],
             "responses": {"200": {"description": "usage of the caller's tenant", **_json("UsagePublic")},
                           **_errors(400), **auth_errors},
         }},
+        "/v1/operator/audit": {"get": {
+            "operationId": "operatorAudit",
+            "description": "One tenant's audit entries, newest first (operator credential only; gateway/audit.py).",
+            "parameters": [
+                {"name": "tenant_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
+                {"name": "job_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
+                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                {"name": "action", "in": "query", "schema": {"type": "string"}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            ],
+            "responses": {"200": {"description": "audit entries: {\"data\": [...]}",
+                                  "content": {"application/json": {"schema": {"type": "object"}}}},
+                          **_errors(400), **auth_errors},
+        }},
         "/v1/admin/tenants": {
-            "get": {"operationId": "adminListTenants",
+            "get": {"operationId": "adminListTenants", "description": OPERATOR_ONLY,
                     "responses": {"200": {"description": "tenants", **_json("TenantsPublic")}, **auth_errors}},
-            "post": {"operationId": "adminCreateTenant", "requestBody": {"required": True, **_json("TenantCreate")},
+            "post": {"operationId": "adminCreateTenant", "description": OPERATOR_ONLY,
+                     "requestBody": {"required": True, **_json("TenantCreate")},
                      "responses": {"201": {"description": "created", **_json("TenantPublic")},
                                    **_errors(409, 422), **auth_errors}},
         },
         "/v1/admin/tenants/{tenant_id}": {"patch": {
-            "operationId": "adminUpdateTenant", "parameters": [TENANT_ID],
+            "operationId": "adminUpdateTenant", "description": OPERATOR_ONLY, "parameters": [TENANT_ID],
             "requestBody": {"required": True, **_json("TenantQuotasPatch")},
             "responses": {"200": {"description": "updated", **_json("TenantPublic")},
                           **_errors(404, 422), **auth_errors},
         }},
         "/v1/admin/tenants/{tenant_id}/keys": {
-            "get": {"operationId": "adminListKeys", "parameters": [TENANT_ID],
+            "get": {"operationId": "adminListKeys", "description": TENANT_ADMIN, "parameters": [TENANT_ID],
                     "responses": {"200": {"description": "keys (no secrets)", **_json("KeysPublic")},
                                   **_errors(404), **auth_errors}},
             "post": {"operationId": "adminCreateKey", "parameters": [TENANT_ID],
+                     "description": TENANT_ADMIN + " A tenant's admin key grants only scopes it holds (403 "
+                                    "scope_not_held otherwise).",
                      "requestBody": {"required": True, **_json("KeyCreate")},
                      "responses": {"201": {"description": "the key, shown once", **_json("KeyCreatedPublic")},
                                    **_errors(404, 422), **auth_errors}},
         },
         "/v1/admin/keys/{key_id}/revoke": {"post": {
-            "operationId": "adminRevokeKey",
+            "operationId": "adminRevokeKey", "description": TENANT_ADMIN,
             "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": {"description": "revoked (immediately)", **_json("KeyPublic")},
                           **_errors(404), **auth_errors},
@@ -197,6 +221,16 @@ def build_document() -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "paths": paths,
     }
+
+
+OPERATOR_ONLY = (
+    "Operator only: the credential whose SHA-256 is MEDPARSE_OPERATOR_TOKEN_SHA256 (or the CLI). "
+    "A tenant's key, admin or not, gets 403 operator_required."
+)
+TENANT_ADMIN = (
+    "The operator, or an admin key of the tenant itself; another tenant's admin key gets the 404 of a "
+    "tenant (or key) that does not exist."
+)
 
 
 def _camel(route_name: str) -> str:

@@ -53,7 +53,11 @@ class RateDecision:
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self._namespace = settings.redis_namespace
-        self._redis = aioredis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self._redis = aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.gateway_redis_timeout_s,
+            socket_connect_timeout=settings.gateway_redis_timeout_s,
+        ) if settings.redis_url else None
         self._script = self._redis.register_script(TOKEN_BUCKET_LUA) if self._redis else None
         self._local: dict[uuid.UUID, tuple[float, float]] = {}
 

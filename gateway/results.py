@@ -9,7 +9,6 @@ extension, SEG algorithm attributes) and as a compact ``Medparse-Provenance`` he
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -27,11 +26,13 @@ from db import medical as medical_repo
 from db.status import JobStatus
 from gateway import services
 from gateway.auth import principal
-from gateway.handlers import job_id_from
-from gateway.keys import ENGINE, SETTINGS
+from gateway.handlers import bounded_int, job_id_from
+from gateway.keys import DECODE_POOL, ENGINE, SETTINGS
 from gateway.problems import ApiProblem, field_error
+from gateway.schemas import INT32_MAX
 from gateway.tenancy import job_row, tenant_transaction
 from medparse import imaging, masks
+from medparse.decode_pool import DecodeBusy, DecodeLimitExceeded
 from medparse.job_links import is_volume
 from medparse.medical import dicom, geometry, inputs, nifti, volumes
 from medparse.outputs import archive, overlay, rle
@@ -65,6 +66,13 @@ class Loaded:
         return _decode_volume(self.medical, len(self.summaries))
 
     @property
+    def stored_bytes(self) -> int:
+        """Compressed bytes a rendering decodes (the decode pool's in-flight bytes)."""
+        masks_bytes = sum(len(m["data"] or b"") for m in self.mask_rows or ())
+        volume_bytes = len((self.medical or {}).get("data") or b"")
+        return masks_bytes + volume_bytes + len(self.image or b"")
+
+    @property
     def provenance(self) -> dict[str, Any]:
         return dict(self.row.get("result_meta") or {})
 
@@ -84,10 +92,22 @@ async def get_result(request: web.Request) -> web.Response:
     if fmt not in FORMATS:
         raise field_error("format", f"one of {', '.join(FORMATS)}", status=400)
     mask, slice_ = _int_param(request, "mask"), _int_param(request, "slice")
+    if slice_ is not None and fmt not in ("png", "overlay"):
+        raise field_error("slice", "applies to format=png and format=overlay only", status=400)
     settings = request.app[SETTINGS]
     loaded = await load_result(request.app[ENGINE], who.tenant_id, job_id, need_input=fmt == "overlay")
-    loop = asyncio.get_running_loop()
-    rendered = await loop.run_in_executor(None, render, loaded, fmt, mask, slice_, settings)
+    if slice_ is not None and not is_volume(loaded.row):  # never ignored: the caller meant something
+        raise field_error("slice", "applies to volume results only; this job's result is 2-D", status=400)
+    # Every format decodes whole masks (a volume's are up to max_volume_voxels per prompt) and the overlay
+    # decodes the untrusted input again: in a decode process, within its memory and time budget.
+    try:
+        rendered = await request.app[DECODE_POOL].run(
+            render, loaded, fmt, mask, slice_, settings, nbytes=loaded.stored_bytes, party=who.tenant_id
+        )
+    except DecodeBusy as exc:
+        raise services.decode_busy_problem(exc) from None
+    except DecodeLimitExceeded as exc:
+        raise ApiProblem(422, exc.code, f"result: {exc.message}") from None
     headers = {
         "Content-Disposition": f'attachment; filename="{rendered.filename}"',
         "Medparse-Provenance": _provenance_header(loaded.provenance),
@@ -100,13 +120,7 @@ def _int_param(request: web.Request, name: str) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise field_error(name, "must be a non-negative integer", status=400) from None
-    if value < 0:
-        raise field_error(name, "must be a non-negative integer", status=400)
-    return value
+    return bounded_int(raw, name, 0, INT32_MAX)
 
 
 def _provenance_header(provenance: dict[str, Any]) -> str:
@@ -123,7 +137,8 @@ async def load_result(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UU
         medical_row = (await conn.execute(medical_repo.select_medical(tenant_id, job_id))).mappings().first()
         mask_rows = None
         if not is_volume(row):
-            mask_rows = list((await conn.execute(repo.select_mask_data(job_id))).mappings())
+            # plain dicts: the rows travel to a decode process (pickled)
+            mask_rows = [dict(m) for m in (await conn.execute(repo.select_mask_data(job_id))).mappings()]
         image = (await conn.execute(repo.select_input(job_id))).scalar_one_or_none() if need_input else None
     medical = dict(medical_row) if medical_row is not None else None
     if mask_rows is None and (medical is None or medical.get("data") is None):
@@ -138,7 +153,7 @@ def _decode_volume(medical: dict[str, Any], count: int) -> volumes.VolumeMasks:
 
 
 def render(loaded: Loaded, fmt: str, mask: int | None, slice_: int | None, settings: Settings) -> Rendered:
-    """The body of one format (CPU-bound: runs in a thread)."""
+    """The body of one format (CPU- and memory-bound: runs in a decode process, medparse/decode_pool.py)."""
     count = len(loaded.summaries)
     if mask is not None and mask >= count:
         raise ApiProblem(404, "mask_not_found", f"no mask {mask}; this job has {count}")

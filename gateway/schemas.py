@@ -2,14 +2,60 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from db.status import JobStatus
+
+#: The largest value of the database's 32-bit integer columns (and of any index we accept).
+INT32_MAX = 2**31 - 1
+
+
+def control_characters(text: str, *, allowed: str = "") -> list[str]:
+    """The control characters (Unicode Cc: NUL, ESC, DEL, ...) and lone surrogates in ``text``.
+
+    Postgres refuses NUL in text, a terminal or log viewer interprets the others, and a lone
+    surrogate cannot be encoded at all: anything that may hold them is refused at the edge."""
+    return [c for c in text if c not in allowed and unicodedata.category(c) in ("Cc", "Cs")]
+
+
+def _plain(text: str) -> str:
+    if bad := control_characters(text):
+        raise ValueError(f"must not contain control characters (found {bad[0]!r})")
+    return text
+
+
+def _lines(text: str) -> str:
+    if bad := control_characters(text, allowed="\t\n"):
+        raise ValueError(f"must not contain control characters other than tab and newline (found {bad[0]!r})")
+    return text
+
+
+def url_text_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a URL we store and call, judged on its characters alone (the SSRF
+    policy judges the rest): whitespace, control and separator characters are never part of one."""
+    if not url.isprintable() or any(c.isspace() for c in url):
+        return "must not contain whitespace or control characters"
+    return None
+
+
+def _url(url: str) -> str:
+    if problem := url_text_problem(url):
+        raise ValueError(problem)
+    return url
+
+
+#: One line of text: no control characters at all.
+PlainText = Annotated[str, AfterValidator(_plain)]
+#: A URL's characters (gateway/webhook_submission.py checks it as a target).
+UrlText = Annotated[str, AfterValidator(_url)]
+#: Free text (a description): tabs and newlines, no other control characters.
+MultilineText = Annotated[str, AfterValidator(_lines)]
 
 
 class Modality(StrEnum):
@@ -34,27 +80,54 @@ class WindowPreset(StrEnum):
     pancreas = "pancreas"
 
 
+#: Bounds of a custom window, in input units: far beyond any real scanner's range (CT: -1024..
+#: ~30000 HU; 16-bit MR and float volumes), near enough that center +/- width stays finite.
+WINDOW_LIMIT = 1e9
+#: A narrower window than this is a step function at float32 precision, and 1/width overflows.
+MIN_WINDOW_WIDTH = 1e-6
+
+
 class CustomWindow(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    center: float
-    width: Annotated[float, Field(gt=0)]
+    # NaN and +/-Infinity are not JSON (Postgres refuses them) and mean no window: 422, not a job.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    center: Annotated[float, Field(ge=-WINDOW_LIMIT, le=WINDOW_LIMIT)]
+    width: Annotated[float, Field(ge=MIN_WINDOW_WIDTH, le=WINDOW_LIMIT)]
 
 
-SliceList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=4096)]
+#: A slice or frame index; int32 like the columns it ends up in.
+Index = Annotated[int, Field(ge=0, le=INT32_MAX)]
+SliceList = Annotated[list[Index], Field(min_length=1, max_length=4096)]
 
 
 class SliceRange(BaseModel):
     """Slices ``start`` .. ``stop - 1`` of a volume (or frames of a multi-frame DICOM)."""
 
     model_config = ConfigDict(extra="forbid")
-    start: Annotated[int, Field(ge=0)]
-    stop: Annotated[int, Field(gt=0)]
+    start: Index
+    stop: Annotated[int, Field(gt=0, le=INT32_MAX)]
 
     @model_validator(mode="after")
     def _stop_after_start(self) -> SliceRange:
         if self.stop <= self.start:
             raise ValueError("stop must be greater than start (stop is exclusive)")
         return self
+
+
+def _by_json_type(value: object) -> str:
+    """Which member of a two-shape union a value is, by its JSON type, so that a rejection names
+    the member's field (``window.center``) rather than listing how every member failed. The tags
+    are capitalised: gateway.submission drops them from the field path, like class names."""
+    return "Object" if isinstance(value, dict | BaseModel) else "Scalar"
+
+
+Window = Annotated[
+    Annotated[WindowPreset, Tag("Scalar")] | Annotated[CustomWindow, Tag("Object")],
+    Discriminator(_by_json_type),
+]
+Slices = Annotated[
+    Annotated[SliceList, Tag("Scalar")] | Annotated[SliceRange, Tag("Object")],
+    Discriminator(_by_json_type),
+]
 
 
 class ModelName(StrEnum):
@@ -67,16 +140,16 @@ class ModelName(StrEnum):
 class JobOptions(BaseModel):
     """Per-job options, recorded on the job and echoed back."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     modality: Modality | None = None
     #: CT window for high-bit-depth inputs: a preset name or {center, width} in input units
-    window: WindowPreset | CustomWindow | None = None
+    window: Window | None = None
     #: one frame of a multi-frame DICOM (a 2-D job), or the volume of a 4-D NIfTI (0-based)
-    frame: Annotated[int, Field(ge=0)] | None = None
+    frame: Index | None = None
     #: the NIfTI axis to slice along (default 2, the samples' ``volume[:, :, k]``)
     slice_axis: Literal[0, 1, 2] | None = None
     #: the slices (or DICOM frames) to segment: indices, or {start, stop}; default all
-    slices: SliceList | SliceRange | None = None
+    slices: Slices | None = None
     #: which model segments the job (default medimageparse)
     model: ModelName | None = None
 
@@ -91,7 +164,7 @@ class JobCreateJson(BaseModel):
     #: higher runs first within the tenant's own queue (-100..100)
     priority: int = 0
     #: called on the job's events (see the README's Webhooks section)
-    webhook_url: str | None = None
+    webhook_url: UrlText | None = None
     #: default: the terminal events job.succeeded, job.failed, job.canceled
     webhook_events: list[str] | None = None
 

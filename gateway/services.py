@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from aiohttp import web
 from sqlalchemy import text
@@ -28,9 +29,10 @@ from gateway.job_writer import JobWriter, PendingJob
 from gateway.problems import ApiProblem, field_error, not_found
 from gateway.schemas import JobPublic
 from gateway.submission import JobSubmission
-from gateway.tenancy import QueuedJobsGauge, job_row, tenant_transaction
+from gateway.tenancy import QueuedJobsGauge, check_storage_quota, job_row, tenant_transaction
 from gateway.webhook_services import attach_job_webhook
 from medparse import imaging, job_links, masks
+from medparse.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodePool, decodes_inline
 from medparse.medical.errors import OptionRejected
 from medparse.settings import Settings
 from medparse.webhooks.outbox import record_transition_async
@@ -100,17 +102,37 @@ def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | N
 
 
 async def _off_the_loop_if_large(size: int, work: Callable[[], T]) -> T:
-    """``work()`` on the event loop for an image up to INLINE_PROBE_BYTES, else in a thread."""
+    """``work()`` on the event loop for an image up to INLINE_PROBE_BYTES, else in a thread (hashing)."""
     if size <= INLINE_PROBE_BYTES:
         return work()
     return await asyncio.to_thread(work)
 
 
+def decode_busy_problem(exc: DecodeBusy) -> ApiProblem:
+    """503 for a request that found every decode process taken (medparse/decode_pool.py)."""
+    return ApiProblem(
+        503, "decode_busy", f"image: the service is decoding other uploads ({exc.message}); retry later",
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 async def probe_upload(
-    image: bytes, settings: Settings, options: Mapping[str, Any] | None = None
+    image: bytes, settings: Settings, decoder: DecodePool, options: Mapping[str, Any] | None = None,
+    tenant_id: uuid.UUID | None = None,
 ) -> imaging.ImageInfo:
+    """The upload's ImageInfo; 4xx problems naming ``image`` (or the option) otherwise.
+
+    A small plain PNG is checked here, on the event loop (the hot path: no decode, no thread hop);
+    every other upload is decoded in a decode process, within its memory and time budget: one over
+    it is 422 ``image_too_complex``; no free decode process in time is 503 ``decode_busy``.
+    """
     try:
-        return await _off_the_loop_if_large(len(image), lambda: medical.probe(image, settings, options))
+        if decodes_inline(image):
+            return medical.probe(image, settings, options)
+        await _off_the_loop_if_large(len(image), lambda: medical.check_headers(image, settings, options))
+        return await decoder.run(medical.probe, image, settings, options, nbytes=len(image), party=tenant_id)
+    except DecodeBusy as exc:
+        raise decode_busy_problem(exc) from None
     except imaging.ImageRejected as exc:
         status = 413 if exc.code == "image_too_large" else (415 if exc.code == "unsupported_format" else 422)
         fields = [{"field": "image", "message": exc.message}]
@@ -136,6 +158,7 @@ async def submit_job(
     submission: JobSubmission,
     idempotency_key: str | None,
     gauge: QueuedJobsGauge,
+    decoder: DecodePool,
 ) -> Submitted:
     """Validate the image and check the queued-jobs quota (from ``gauge``, or one count of its own),
     then commit the job and its bytes in one transaction (shared with concurrent submissions: see
@@ -157,7 +180,7 @@ async def submit_job(
             return Submitted(job=None, replay=outcome)
         reservation = outcome
     try:
-        job = await _insert_job(engine, writer, settings, who, submission, reservation, gauge)
+        job = await _insert_job(engine, writer, settings, who, submission, reservation, gauge, decoder)
     except BaseException:
         if reservation is not None:
             await idempotency.release(engine, reservation)
@@ -174,9 +197,14 @@ async def _insert_job(
     submission: JobSubmission,
     reservation: idempotency.Reservation | None,
     gauge: QueuedJobsGauge,
+    decoder: DecodePool,
 ) -> JobPublic:
     options = submission.options.model_dump(mode="json", exclude_none=True)
-    info = await probe_upload(submission.image, settings, options)
+    # Before the probe: a tenant whose store is full costs no decode.
+    await check_storage_quota(
+        engine, who.tenant_id, who.quotas.max_stored_bytes, len(submission.image), gauge.stored_bytes
+    )
+    info = await probe_upload(submission.image, settings, decoder, options, who.tenant_id)
     new = repo.NewJob(
         id=uuid.uuid4(),
         tenant_id=who.tenant_id,
@@ -340,7 +368,8 @@ async def load_masks(
         row = await job_row(conn, tenant_id, job_id)
         if row["status"] != JobStatus.succeeded.value:
             raise ApiProblem(409, "job_not_succeeded", f"the job is {row['status']}; masks exist once it succeeded")
-        mask_rows = list((await conn.execute(repo.select_mask_data(job_id, index))).mappings())
+        # plain dicts: the rows travel to a decode process (pickled)
+        mask_rows = [dict(m) for m in (await conn.execute(repo.select_mask_data(job_id, index))).mappings()]
     if not mask_rows:
         raise not_found("mask")
     if job_links.is_volume(row):  # a volume's masks are 3-D: served by gateway/results.py
@@ -353,6 +382,29 @@ async def load_masks(
 def decode_masks(mask_rows: list[Any]) -> list[Any]:
     """0/1 arrays of ``load_masks`` rows (CPU work: handlers run it off the event loop)."""
     return [masks.decode_mask(m["data"], m["height"], m["width"]) for m in mask_rows]
+
+
+def mask_png_of(mask_rows: list[Any]) -> bytes:
+    """The first row's mask as a 0/255 PNG (runs in a decode process)."""
+    return masks.mask_png(decode_masks(mask_rows)[0])
+
+
+def masks_npz_of(mask_rows: list[Any]) -> bytes:
+    """All rows' masks as one .npz (runs in a decode process)."""
+    return masks.masks_npz(np.stack(decode_masks(mask_rows)))
+
+
+async def render_masks(
+    decoder: DecodePool, tenant_id: uuid.UUID, render: Callable[[list[Any]], bytes], mask_rows: list[Any]
+) -> bytes:
+    """``render(mask_rows)`` in a decode process: 503 when none is free in time, 422 over its budget."""
+    nbytes = sum(len(m["data"] or b"") for m in mask_rows)
+    try:
+        return await decoder.run(render, mask_rows, nbytes=nbytes, party=tenant_id)
+    except DecodeBusy as exc:
+        raise decode_busy_problem(exc) from None
+    except DecodeLimitExceeded as exc:
+        raise ApiProblem(422, exc.code, f"masks: {exc.message}") from None
 
 
 async def readiness(engine: AsyncEngine, nudger: DispatchNudger) -> dict[str, str]:

@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from gateway.problems import ApiProblem, field_error
-from gateway.schemas import JobCreateJson, JobOptions
+from gateway.schemas import JobCreateJson, JobOptions, control_characters, url_text_problem
 from gateway.webhook_submission import JobWebhookRequest, WebhookFormFields, check_job_webhook
 from medparse.settings import Settings
 
@@ -78,6 +78,10 @@ def parse_prompts(value: str | list[str], settings: Settings) -> list[str]:
         raise field_error("prompts", f"at most {settings.max_prompts} prompts per job")
     if any(len(p) > settings.max_prompt_chars for p in prompts):
         raise field_error("prompts", f"each prompt must be at most {settings.max_prompt_chars} characters")
+    for p in prompts:
+        if bad := control_characters(p):
+            # NUL cannot be stored, and the model's text column is no place for the others either.
+            raise field_error("prompts", f"a prompt must not contain control characters (found {bad[0]!r})")
     return prompts
 
 
@@ -92,12 +96,21 @@ def parse_options(raw: str | bytes | None, settings: Settings) -> JobOptions:
         raise validation_problem(exc, prefix="options") from None
 
 
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``("window", "CustomWindow", "center")`` -> ``window.center``: pydantic puts the member of a
+    union it tried into the location (a class name, ``str-enum[...]``, ``list[...]``), which names no
+    field of ours (they are all snake_case)."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and (p[:1].isupper() or "[" in p)))
+
+
 def validation_problem(exc: ValidationError, prefix: str = "") -> ApiProblem:
-    fields = []
+    fields: list[dict[str, str]] = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _field_path(err["loc"])
         name = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "body")
-        fields.append({"field": name, "message": err["msg"]})
+        entry = {"field": name, "message": err["msg"]}
+        if entry not in fields:
+            fields.append(entry)
     detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
     return ApiProblem(422, "invalid_request", detail, fields=fields)
 
@@ -112,7 +125,7 @@ async def parse_json_submission(request: web.Request, settings: Settings) -> Job
     return JobSubmission(
         image=image, prompts=parse_prompts(parsed.prompts, settings), options=parsed.options,
         priority=parse_priority(parsed.priority),
-        webhook=await check_job_webhook(request, parsed.webhook_url, parsed.webhook_events),
+        webhook=await _job_webhook(request, parsed.webhook_url, parsed.webhook_events),
     )
 
 
@@ -193,8 +206,14 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
         raise field_error("prompts", "required: '&'-separated prompts", code="missing_field")
     return JobSubmission(
         image=image, prompts=parse_prompts(prompts, settings), options=parse_options(options, settings),
-        priority=parse_priority(priority), webhook=await webhook.result(request),
+        priority=parse_priority(priority), webhook=await _job_webhook(request, webhook.url, webhook.events or None),
     )
+
+
+async def _job_webhook(request: web.Request, url: str | None, events: list[str] | None) -> JobWebhookRequest | None:
+    if url and (problem := url_text_problem(url.strip())):
+        raise field_error("webhook_url", problem)
+    return await check_job_webhook(request, url, events)
 
 
 async def parse_submission(request: web.Request, settings: Settings) -> JobSubmission:

@@ -2,7 +2,9 @@
 
 Every query of the repository carries its tenant filter. On PostgreSQL the tenant tables also
 have row-level security keyed on ``medparse.tenant_id``, which ``tenant_transaction`` sets for
-the transaction only (``set_config(..., true)``), so a pooled connection never leaks it.
+the transaction only (``set_config(..., true)``), so a pooled connection never leaks it. The
+gateway logs in as a member of ``medparse_app``, to which no other setting shows another tenant's
+rows; only the workers' role (``medparse_system``) sees across tenants (migration 0007).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any
 from sqlalchemy import RowMapping, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db import jobs
-from gateway.problems import not_found
+from db import jobs, tenants
+from gateway.problems import ApiProblem, not_found
 from medparse.settings import Settings
 
 
@@ -29,6 +31,8 @@ class TenantQuotas:
     max_queued_jobs: int
     max_running_jobs: int
     max_image_bytes: int
+    #: 0: no limit
+    max_stored_bytes: int = 0
 
     @classmethod
     def from_row(cls, row: Any, settings: Settings) -> TenantQuotas:
@@ -43,6 +47,7 @@ class TenantQuotas:
             max_image_bytes=_pick(
                 row["max_image_bytes"], settings.tenant_max_image_bytes or settings.max_body_bytes
             ),
+            max_stored_bytes=_pick(row.get("max_stored_bytes"), settings.tenant_max_stored_bytes),
         )
 
 
@@ -50,8 +55,8 @@ def _pick(override: int | None, default: int) -> int:
     return default if override is None else int(override)
 
 
-class QueuedJobsGauge:
-    """Each tenant's count of queued jobs, counted in Postgres at most every ``max_age_s``.
+class TenantGauge:
+    """Each tenant's count of something, counted in Postgres at most every ``max_age_s``.
 
     ``count(*)`` of a tenant's queued jobs walks every one of them, so on the submit path it costs
     a round trip and grows with the backlog. Far from the quota an estimate (the last count plus the
@@ -73,10 +78,48 @@ class QueuedJobsGauge:
     def counted(self, tenant_id: uuid.UUID, queued: int) -> None:
         self._counts[tenant_id] = (queued, time.monotonic())
 
-    def added(self, tenant_id: uuid.UUID) -> None:
+    def added(self, tenant_id: uuid.UUID, amount: int = 1) -> None:
         entry = self._counts.get(tenant_id)
         if entry is not None:
-            self._counts[tenant_id] = (entry[0] + 1, entry[1])
+            self._counts[tenant_id] = (entry[0] + amount, entry[1])
+
+
+class StoredBytesGauge(TenantGauge):
+    """Each tenant's stored bytes (``tenant_usage``), read at most every ``max_age_s`` and on every
+    submission from ``exact_above`` of the quota on; submissions since the read are added."""
+
+
+class QueuedJobsGauge(TenantGauge):
+    """Each tenant's queued jobs; with it travels (to every submission) its stored-bytes gauge."""
+
+    def __init__(self, max_age_s: float = 1.0, exact_above: float = 0.9) -> None:
+        super().__init__(max_age_s, exact_above)
+        self.stored_bytes = StoredBytesGauge(max_age_s, exact_above)
+
+
+async def check_storage_quota(
+    engine: AsyncEngine, tenant_id: uuid.UUID, quota: int, size: int, gauge: StoredBytesGauge
+) -> None:
+    """429 ``storage_quota_exceeded`` when storing ``size`` more bytes would take the tenant over
+    ``quota`` (0: none). Soft like the queued-jobs quota: submissions in flight at once may overshoot
+    by their own size. 429, not 413: the request is not too large in itself, the tenant's store is
+    full, and it clears when the tenant deletes jobs or retention purges them (as the queued-jobs
+    quota clears when jobs start)."""
+    if quota <= 0:
+        return
+    stored = gauge.estimate(tenant_id, max(1, quota - size))  # exact when this submission comes close
+    if stored is None:
+        async with tenant_transaction(engine, tenant_id) as conn:
+            stored = (await conn.execute(tenants.SELECT_STORED_BYTES, {"tenant_id": tenant_id})).scalar() or 0
+        gauge.counted(tenant_id, stored)
+    if stored + size > quota:
+        raise ApiProblem(
+            429, "storage_quota_exceeded",
+            f"this tenant stores {stored} bytes; {size} more would exceed its limit of {quota} bytes."
+            " Delete finished jobs (DELETE /v1/jobs/{id}) or wait for the retention purge",
+            headers={"Retry-After": "60"},
+        )
+    gauge.added(tenant_id, size)
 
 
 #: Built once: constructing the select per transaction cost more CPU than running it.

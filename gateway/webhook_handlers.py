@@ -1,7 +1,8 @@
 """Thin handlers of the webhook API, and its routes (``setup_webhook_routes``).
 
 Webhooks belong to the job API: reading needs ``jobs:read``; changing endpoints, reading or
-rotating secrets and replaying deliveries need ``jobs:write``.
+rotating secrets and replaying deliveries need ``jobs:write``. A tenant's ``admin`` key also manages
+its endpoints and secrets (not its deliveries, which are about jobs).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from db.webhooks import DELIVERY_STATUSES
 from gateway import webhook_services as services
-from gateway.auth import principal
+from gateway.auth import ADMIN, principal
 from gateway.handlers import job_id_from, json_response, page_limit, parse_body, path_uuid
 from gateway.keys import ENGINE, SETTINGS
 from gateway.problems import field_error
@@ -32,7 +33,7 @@ def _page(request: web.Request) -> tuple[str | None, int, str | None]:
 
 
 async def create_webhook(request: web.Request) -> web.Response:
-    who = principal(request, WRITE)
+    who = principal(request, WRITE, ADMIN)
     body = await parse_body(request, WebhookCreate)
     created = await services.create_endpoint(
         request.app[ENGINE], request.app[SETTINGS], target_policy(request.app), who.tenant_id, body
@@ -41,18 +42,18 @@ async def create_webhook(request: web.Request) -> web.Response:
 
 
 async def list_webhooks(request: web.Request) -> web.Response:
-    who = principal(request, READ)
+    who = principal(request, READ, ADMIN)
     return json_response(WebhooksPublic(data=await services.list_endpoints(request.app[ENGINE], who.tenant_id)))
 
 
 async def get_webhook(request: web.Request) -> web.Response:
-    who = principal(request, READ)
+    who = principal(request, READ, ADMIN)
     endpoint_id = _webhook_id(request)
     return json_response(await services.get_endpoint(request.app[ENGINE], who.tenant_id, endpoint_id))
 
 
 async def update_webhook(request: web.Request) -> web.Response:
-    who = principal(request, WRITE)
+    who = principal(request, WRITE, ADMIN)
     endpoint_id = _webhook_id(request)
     body = await parse_body(request, WebhookUpdate)
     updated = await services.update_endpoint(
@@ -62,19 +63,19 @@ async def update_webhook(request: web.Request) -> web.Response:
 
 
 async def delete_webhook(request: web.Request) -> web.Response:
-    who = principal(request, WRITE)
+    who = principal(request, WRITE, ADMIN)
     await services.delete_endpoint(request.app[ENGINE], who.tenant_id, _webhook_id(request))
     return web.Response(status=204)
 
 
 async def get_webhook_secret(request: web.Request) -> web.Response:
-    who = principal(request, WRITE)
+    who = principal(request, WRITE, ADMIN)
     endpoint_id = _webhook_id(request)
     return json_response(await services.endpoint_secret(request.app[ENGINE], who.tenant_id, endpoint_id))
 
 
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
-    who = principal(request, WRITE)
+    who = principal(request, WRITE, ADMIN)
     endpoint_id = _webhook_id(request)
     secret = await services.rotate_endpoint_secret(
         request.app[ENGINE], request.app[SETTINGS], who.tenant_id, endpoint_id
@@ -83,12 +84,12 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
 
 
 async def get_default_secret(request: web.Request) -> web.Response:
-    who = principal(request, WRITE)
+    who = principal(request, WRITE, ADMIN)
     return json_response(await services.default_secret(request.app[ENGINE], who.tenant_id))
 
 
 async def rotate_default_secret(request: web.Request) -> web.Response:
-    who = principal(request, WRITE)
+    who = principal(request, WRITE, ADMIN)
     secret = await services.rotate_default_secret(request.app[ENGINE], request.app[SETTINGS], who.tenant_id)
     return json_response(secret)
 

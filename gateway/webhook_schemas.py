@@ -8,10 +8,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.schemas import MultilineText, UrlText
 from medparse.webhooks.ssrf import MAX_URL_CHARS
 
-Url = Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)]
-Description = Annotated[str, Field(max_length=200)]
+Url = Annotated[UrlText, Field(min_length=1, max_length=MAX_URL_CHARS)]
+#: free text, stored in Postgres (which refuses NUL) and shown in dashboards
+Description = Annotated[MultilineText, Field(max_length=200)]
+#: There are a handful of event types; a longer list is a mistake or an attack on the parser.
+EventTypes = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)]
 
 
 class WebhookCreate(BaseModel):
@@ -20,7 +24,7 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: Url
     #: null or omitted: every event type
-    event_types: list[str] | None = None
+    event_types: EventTypes | None = None
     description: Description | None = None
 
 
@@ -29,7 +33,7 @@ class WebhookUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     url: Url | None = None
-    event_types: list[str] | None = None
+    event_types: EventTypes | None = None
     description: Description | None = None
     #: true re-enables an endpoint that was disabled (e.g. after it answered 410)
     enabled: bool | None = None

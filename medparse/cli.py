@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,20 +22,9 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _serve_one(settings: Settings, reuse_port: bool) -> None:
-    from aiohttp import web
+    from gateway.serving import run_gateway
 
-    from gateway.app import create_app
-
-    try:  # about 10 % less CPU per request than asyncio's own loop (bench/accept.py); not on Windows
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = None
-    web.run_app(
-        create_app(settings), host=settings.host, port=settings.port, access_log=None, print=None,
-        reuse_port=reuse_port, loop=loop,
-    )
+    run_gateway(settings, reuse_port=reuse_port)
 
 
 def gateway_process_count(settings: Settings, requested: int | None) -> int:
@@ -56,22 +44,6 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _die_with_parent() -> None:
-    """A child gateway process gets SIGTERM when the parent dies, even by SIGKILL (Linux only):
-    a killed gateway must not leave processes behind that still answer on its port."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _serve_child(settings: Settings) -> None:
-    _die_with_parent()
-    _serve_one(settings, reuse_port=True)
-
-
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     processes = gateway_process_count(settings, args.processes)
     print(f"medparse gateway listening on http://{settings.host}:{settings.port} ({processes} process(es))",
@@ -79,33 +51,38 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     if processes == 1:
         _serve_one(settings, reuse_port=False)
         return
-    import multiprocessing
-    import signal
+    from functools import partial
 
-    children = [multiprocessing.Process(target=_serve_child, args=(settings,)) for _ in range(processes)]
-    for child in children:
-        child.start()
+    from gateway.supervisor import Supervisor
 
-    def _stop(*_: object) -> None:
-        for child in children:
-            if child.is_alive():
-                child.terminate()  # each child shuts its aiohttp app down gracefully on SIGTERM
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    for child in children:
-        child.join()
+    Supervisor(
+        partial(_serve_one, settings, True),
+        processes,
+        backoff_min_s=settings.gateway_restart_backoff_min_s,
+        backoff_max_s=settings.gateway_restart_backoff_max_s,
+        reset_after_s=settings.gateway_restart_reset_after_s,
+        stop_timeout_s=settings.gateway_shutdown_timeout_s + 5.0,
+    ).run()
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
-    from workers.celery_app import make_celery
+    """``--role segmentation`` (default) runs jobs; ``--role webhooks`` delivers webhooks. Each
+    consumes only its own queue, so a slow receiver never holds a segmentation thread."""
+    from workers.celery_app import ROLE_QUEUES, make_celery, make_webhook_celery
 
-    app = make_celery(settings)
+    if args.role == "webhooks":
+        app = make_webhook_celery(settings)
+        concurrency = args.concurrency or settings.webhook_worker_concurrency
+    else:
+        app = make_celery(settings)
+        concurrency = args.concurrency or settings.worker_concurrency
     app.worker_main(
         [
             "worker",
             f"--pool={args.pool}",
-            f"--concurrency={args.concurrency or settings.worker_concurrency}",
+            f"--concurrency={concurrency}",
+            f"--queues={ROLE_QUEUES[args.role]}",
+            f"--hostname={args.role}@%h",
             "--without-gossip",
             "--without-mingle",
             f"--loglevel={settings.log_level}",
@@ -116,7 +93,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
     from medparse.migrate import upgrade
 
-    upgrade(settings)
+    # A migration may rewrite a large table: no statement or idle-in-transaction timeout for it.
+    upgrade(settings.model_copy(update={"db_statement_timeout_s": 0.0, "db_idle_in_transaction_timeout_s": 0.0}))
     print("database migrated to head")
 
 
@@ -142,8 +120,10 @@ def create_tenant(
             if tenant_id is None:
                 tenant_id = uuid.uuid4()
                 conn.execute(insert_tenant_stmt(tenant_id, name, now))
+                _audit_cli(conn, "tenant.create", tenant_id=tenant_id)
             issued, secret_hash = new_api_key()
             conn.execute(insert_key_stmt(issued, secret_hash, tenant_id, scopes or DEFAULT_SCOPES, now))
+            _audit_cli(conn, "key.mint", tenant_id=tenant_id, target=f"key:{issued.key_id}")
     finally:
         engine.dispose()
     return tenant_id, issued.plaintext
@@ -161,7 +141,9 @@ def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
 
     with _engine(settings).begin() as conn:
         for row in conn.execute(tenants.list_tenants_stmt()).mappings():
-            quotas = {k: row[k] for k in ("rate_limit_rps", "max_queued_jobs", "max_running_jobs", "max_image_bytes")}
+            quotas = {k: row[k] for k in (
+                "rate_limit_rps", "max_queued_jobs", "max_running_jobs", "max_image_bytes", "max_stored_bytes",
+            )}
             overrides = ", ".join(f"{k}={v}" for k, v in quotas.items() if v is not None) or "defaults"
             print(f"{row['id']}  {row['name']}  ({overrides})")
 
@@ -180,6 +162,7 @@ def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
             issued, secret_hash, tenant_id, sorted(set(args.scope or DEFAULT_SCOPES)), now,
             label=args.label, expires_at=expires,
         ))
+        _audit_cli(conn, "key.mint", tenant_id=tenant_id, target=f"key:{issued.key_id}")
     print(f"key id {issued.key_id} for tenant {args.tenant}")
     print(f"API key: {issued.plaintext}")
 
@@ -189,6 +172,8 @@ def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
 
     with _engine(settings).begin() as conn:
         revoked = conn.execute(tenants.revoke_key_stmt(args.key_id, datetime.now(UTC))).rowcount
+        if revoked:
+            _audit_cli(conn, "key.revoke", target=f"key:{args.key_id}"[:200])
     if not revoked:
         raise SystemExit(f"no active key {args.key_id!r}")
     print(f"revoked {args.key_id}")
@@ -207,6 +192,53 @@ def cmd_key_list(settings: Settings, args: argparse.Namespace) -> None:
             state = "revoked" if row["revoked_at"] else "active"
             print(f"{row['id']}  tenant={row['tenant_id']}  scopes={','.join(row['scopes'])}  {state}"
                   f"  label={row['label'] or '-'}  expires={row['expires_at'] or 'never'}")
+
+
+def _audit_cli(conn: Any, action: str, *, tenant_id: uuid.UUID | None = None, target: str | None = None) -> None:
+    """An operator action taken from the CLI, in the audit log (in the action's own transaction)."""
+    from db.audit import INSERT_ENTRY, AuditEntry
+
+    entry = AuditEntry(at=datetime.now(UTC), actor="cli", action=action, tenant_id=tenant_id, target=target)
+    conn.execute(INSERT_ENTRY, entry.params())
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
+    """The audit log, newest first: who read, deleted or changed which job, key or webhook."""
+    import json
+
+    from db import audit, tenants
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            raise SystemExit(f"--since: not an ISO 8601 date or date-time: {args.since!r}") from None
+        since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    with _engine(settings).begin() as conn:
+        tenant_id = None
+        if args.tenant:
+            try:
+                tenant_id = uuid.UUID(args.tenant)
+            except ValueError:
+                tenant_id = conn.execute(tenants.select_tenant_by_name(args.tenant)).scalar_one_or_none()
+                if tenant_id is None:
+                    raise SystemExit(f"no tenant named {args.tenant!r}") from None
+        try:
+            job_id = uuid.UUID(args.job) if args.job else None
+        except ValueError:
+            raise SystemExit(f"--job: not a job id: {args.job!r}") from None
+        stmt = audit.select_entries(tenant_id=tenant_id, job_id=job_id, since=since, action=args.action,
+                                    limit=args.limit)
+        rows = conn.execute(stmt).mappings().all()
+    for row in rows:
+        if args.json:
+            print(json.dumps({k: (str(v) if v is not None and k in ("at", "tenant_id", "job_id") else v)
+                              for k, v in row.items()}))
+        else:
+            print(f"{row['at']:%Y-%m-%dT%H:%M:%S%z}  {row['actor']:<8} {row['key_id'] or '-':<14} {row['action']:<22}"
+                  f" tenant={row['tenant_id'] or '-'} job={row['job_id'] or '-'} target={row['target'] or '-'}"
+                  f" request={row['request_id'] or '-'}")
 
 
 def _engine(settings: Settings) -> Any:
@@ -230,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker")
     worker.add_argument("--concurrency", type=int, default=None)
     worker.add_argument("--pool", default="threads", choices=["threads", "prefork", "solo"])
+    worker.add_argument(
+        "--role", default="segmentation", choices=["segmentation", "webhooks"],
+        help="segmentation jobs (default), or webhook deliveries (own queue and threads: "
+        "MEDPARSE_WEBHOOK_WORKER_CONCURRENCY)",
+    )
     worker.set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="alembic upgrade head").set_defaults(func=cmd_migrate)
     emulator = sub.add_parser("emulator", help="run the MedImageParse endpoint emulator")
@@ -258,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     key_list = key_sub.add_parser("list", help="list keys (never their secrets)")
     key_list.add_argument("tenant", nargs="?")
     key_list.set_defaults(func=cmd_key_list)
+    audit = sub.add_parser("audit", help="query the audit log (newest first)")
+    audit.add_argument("--tenant", help="tenant name or id")
+    audit.add_argument("--job", help="job id")
+    audit.add_argument("--since", help="ISO 8601 date or date-time (UTC unless it says)")
+    audit.add_argument("--action", help="e.g. job.delete, job.result.read, key.mint")
+    audit.add_argument("--limit", type=int, default=100)
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.set_defaults(func=cmd_audit)
     sub.add_parser("run", help="embedded default: migrate, emulator, worker and gateway in one tree").set_defaults(
         func=cmd_run
     )

@@ -1,8 +1,9 @@
 """The embedded default (``make run``): one process tree, no servers to install.
 
-SQLite under the data directory, the filesystem queue, one worker process, the built-in
-endpoint emulator (unless MEDPARSE_ENDPOINT_SCORING_URI points at a real endpoint), and the
-gateway in this process.
+SQLite under the data directory, the filesystem queue, one segmentation worker process, a small
+webhook worker process (its own queue and threads, as in production), the built-in endpoint
+emulator (unless MEDPARSE_ENDPOINT_SCORING_URI points at a real endpoint), and the gateway in this
+process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from aiohttp import web
 
 from gateway.app import create_app
+from gateway.serving import GatewayRunner
 from medparse.cli import create_tenant
 from medparse.migrate import upgrade
 from medparse.settings import Settings
@@ -71,10 +73,16 @@ async def run_embedded(settings: Settings) -> None:
         env["MEDPARSE_ENDPOINT_SCORING_URI"] = f"http://127.0.0.1:{settings.emulator_port}/score"
         env["MEDPARSE_ENDPOINT_KEY"] = emulator_key
     children.append(_child(["worker"], env))
+    # Webhooks in their own small pool: a slow receiver must not hold a segmentation thread here either.
+    webhook_threads = str(min(2, settings.webhook_worker_concurrency))
+    children.append(_child(["worker", "--role", "webhooks", "--concurrency", webhook_threads], env))
     sample = data_dir / "sample.png"
     write_sample_image(sample)
 
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    # The production gateway's runner: the same header deadline, keep-alive and connection cap.
+    runner = GatewayRunner(
+        create_app(settings), settings, access_log=None, keepalive_timeout=settings.gateway_keepalive_timeout_s
+    )
     await runner.setup()
     await web.TCPSite(runner, settings.host, settings.port).start()
     url = f"http://{settings.host}:{settings.port}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -129,12 +130,13 @@ class PreparedImage:
     params: dict[str, Any]  # JSON-serialisable provenance of every preprocessing choice
 
 
-def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
+def probe_image(data: bytes, *, max_pixels: int, max_frames: int | None = None) -> ImageInfo:
     """Check an upload without trusting its name: format, size limit, full decode.
 
     Raises ImageRejected (and nothing else, whatever the bytes) when the upload is not a PNG,
     JPEG or TIFF, declares more than ``max_pixels`` (width x height x frames; checked before
-    any pixel is decoded), has no pixels, or does not decode completely.
+    any pixel is decoded) or more than ``max_frames`` TIFF pages (default: the setting's
+    default), has no pixels, or does not decode completely.
     """
     fmt = _sniff(data)
     if fmt == "png":  # the common case, checked without Pillow's much slower decode
@@ -145,7 +147,7 @@ def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
         if png is not None:
             return ImageInfo(format=fmt, width=png.width, height=png.height, channels=png.channels,
                              bit_depth=png.bit_depth)
-    im, orientation = _open_decoded(data, fmt, max_pixels)
+    im, orientation = _open_decoded(data, fmt, max_pixels, max_frames)
     width, height = im.size
     if orientation in (5, 6, 7, 8):  # the four orientations that turn the image by 90 degrees
         width, height = height, width
@@ -155,19 +157,41 @@ def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
     )
 
 
-def load_pixels(data: bytes, *, max_pixels: int, options: Mapping[str, Any] | None = None) -> np.ndarray:
+def check_headers(data: bytes, *, max_pixels: int, max_frames: int | None = None) -> None:
+    """What ``probe_image`` refuses before any pixel is decoded, in memory that does not follow the file.
+
+    For the gateway process, ahead of the full decode elsewhere: the format, the declared size and
+    pages, and for a plain PNG its complete check (streamed). A file Pillow cannot even open is left
+    to the full decode's verdict.
+
+    Raises:
+        ImageRejected: as ``probe_image`` would for these reasons.
+    """
+    fmt = _sniff(data)
+    if fmt == "png":
+        try:
+            probe_png(data, lambda width, height: _check_declared_png(width, height, max_pixels))
+        except PngDamaged:
+            raise _corrupt(fmt) from None
+        return
+    _open_checked(data, fmt, max_pixels, max_frames)  # a file Pillow cannot open: the full decode's verdict
+
+
+def load_pixels(
+    data: bytes, *, max_pixels: int, options: Mapping[str, Any] | None = None, max_frames: int | None = None
+) -> np.ndarray:
     """The upload as 8-bit pixels, upright: (H, W) gray or (H, W, 3) RGB, alpha dropped.
 
     16-bit, 32-bit and float images are normalised with ``PERCENTILES`` (or the job's ``window``)
     as in ``prepare_image``.
     """
-    pixels, _ = _load(data, max_pixels, options)
+    pixels, _ = _load(data, max_pixels, options, max_frames)
     return pixels
 
 
 def prepare_image(
     data: bytes, *, target: int = 1024, png_compress_level: int = 1, max_pixels: int,
-    options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None, max_frames: int | None = None,
 ) -> PreparedImage:
     """Decode, normalise to 8 bit, fit into target x target, pad black, encode an RGB PNG.
 
@@ -183,7 +207,7 @@ def prepare_image(
     choice costs about 40 % of the encode for about 5 % fewer bytes; Pillow's default level 6
     costs 3-6x level 1 for 15-20 % fewer bytes.
     """
-    pixels, source = _load(data, max_pixels, options)
+    pixels, source = _load(data, max_pixels, options, max_frames)
     return prepare_pixels(pixels, source, target=target, png_compress_level=png_compress_level)
 
 
@@ -263,8 +287,31 @@ def _check_declared_png(width: int, height: int, max_pixels: int) -> None:
         raise _declares_too_many(max_pixels)  # what Pillow's decompression-bomb guard refuses when decoding
 
 
-def _open_decoded(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int]:
+def _open_decoded(
+    data: bytes, fmt: str, max_pixels: int, max_frames: int | None = None
+) -> tuple[Image.Image, int]:
     """Open as ``fmt`` (``_sniff``'s verdict) only, check the size, decode fully, read the EXIF orientation."""
+    im = _open_checked(data, fmt, max_pixels, max_frames)
+    if isinstance(im, Exception):
+        if _declares_no_pixels(data, fmt):
+            _check_size(0, 0, 1, max_pixels)
+        raise _corrupt(fmt) from im
+    with quiet_warnings():
+        try:
+            im.seek(0)
+            im.load()
+        except Exception as exc:
+            raise _corrupt(fmt) from exc
+        return im, _exif_orientation(im)
+
+
+def _open_checked(data: bytes, fmt: str, max_pixels: int, max_frames: int | None) -> Image.Image | Exception:
+    """Open as ``fmt`` only, nothing decoded, with the TIFF pages and the declared size checked.
+
+    Returns the exception of a file Pillow cannot open (its parsers raise many types on hostile input).
+    """
+    if fmt == "tiff":
+        _check_tiff_pages(data, _default_max_frames() if max_frames is None else max_frames)
     with quiet_warnings():
         try:
             im = Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[fmt]])
@@ -272,17 +319,10 @@ def _open_decoded(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, 
             frames = int(getattr(im, "n_frames", 1))
         except Image.DecompressionBombError:
             raise _declares_too_many(max_pixels) from None
-        except Exception as exc:  # Pillow's parsers raise many exception types on hostile input
-            if _declares_no_pixels(data, fmt):
-                _check_size(0, 0, 1, max_pixels)
-            raise _corrupt(fmt) from exc
-        _check_size(width, height, frames, max_pixels)
-        try:
-            im.seek(0)
-            im.load()
         except Exception as exc:
-            raise _corrupt(fmt) from exc
-        return im, _exif_orientation(im)
+            return exc
+    _check_size(width, height, frames, max_pixels)
+    return im
 
 
 @contextmanager
@@ -297,6 +337,39 @@ def quiet_warnings() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+def _default_max_frames() -> int:
+    from medparse.settings import Settings  # the default only: the environment is read by the entry points
+
+    return int(Settings.model_fields["max_image_frames"].default)
+
+
+def _check_tiff_pages(data: bytes, max_frames: int) -> None:
+    """Refuse a TIFF with more than ``max_frames`` pages before Pillow counts them.
+
+    Pillow's ``n_frames`` walks every page with a check that is quadratic in their number (20,000
+    one-pixel pages, 2 MB, take 10 s); here the chain of page directories is followed only as far as
+    the limit. A broken or looping chain ends the count: Pillow then decides what it makes of it.
+    """
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        big = struct.unpack_from(order + "H", data, 2)[0] == 43
+        count_fmt, entry_size, link_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+        offset = struct.unpack_from(order + link_fmt, data, 8 if big else 4)[0]
+        seen: set[int] = set()
+        while offset and offset not in seen:
+            seen.add(offset)
+            if len(seen) > max_frames:
+                raise ImageRejected(
+                    "image_too_large",
+                    f"the TIFF has more than {max_frames} pages (max_image_frames); upload one page",
+                )
+            entries = struct.unpack_from(order + count_fmt, data, offset)[0]
+            offset = struct.unpack_from(order + link_fmt, data, offset + struct.calcsize(count_fmt)
+                                        + entries * entry_size)[0]
+    except struct.error:
+        return
 
 
 def _declares_no_pixels(data: bytes, fmt: str) -> bool:
@@ -338,7 +411,7 @@ def _bit_depth(im: Image.Image, fmt: str, data: bytes) -> int:
 
 
 def _load(
-    data: bytes, max_pixels: int, options: Mapping[str, Any] | None = None
+    data: bytes, max_pixels: int, options: Mapping[str, Any] | None = None, max_frames: int | None = None
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode to upright 8-bit pixels (H, W) or (H, W, 3), and describe what was done."""
     if sniff_medical(data) == "dicom":
@@ -346,7 +419,7 @@ def _load(
 
         return load_2d(data, options, max_pixels)
     fmt = _sniff(data)
-    im, orientation = _open_decoded(data, fmt, max_pixels)
+    im, orientation = _open_decoded(data, fmt, max_pixels, max_frames)
     mode = im.mode
     try:
         with quiet_warnings():

@@ -11,7 +11,7 @@ import math
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -206,6 +206,135 @@ class Settings(BaseSettings):
     #: Absolute base of the links in payloads (e.g. ``https://api.example.org``); unset = paths only.
     webhook_link_base_url: str | None = None
 
+    # --- a gateway that survives: supervision, read deadlines, caps, timeouts (issue 12) ------
+    #: ``serve`` restarts a gateway process that died, after this delay, doubled on each death in a
+    #: row up to the max (gateway/supervisor.py); a process that stayed up ``reset_after`` starts over.
+    gateway_restart_backoff_min_s: float = Field(default=0.5, gt=0.0)
+    gateway_restart_backoff_max_s: float = Field(default=30.0, gt=0.0)
+    gateway_restart_reset_after_s: float = Field(default=60.0, ge=0.0)
+    #: On SIGTERM a gateway process finishes its requests for at most this long (a ``Prefer: wait``
+    #: poll lasts up to max_wait_seconds); the ``serve`` parent kills what is left 5 s later.
+    gateway_shutdown_timeout_s: float = Field(default=65.0, ge=0.0)
+    #: A request's head (request line + headers) must arrive within this many seconds of its first
+    #: byte, or the connection is closed (slowloris; gateway/serving.py).
+    gateway_header_timeout_s: float = Field(default=10.0, gt=0.0)
+    #: An idle keep-alive connection is closed after this long (aiohttp's keep-alive timer). Keep it
+    #: above the idle timeout of a load balancer in front (60 s for most), or it answers 502s.
+    gateway_keepalive_timeout_s: float = Field(default=75.0, gt=0.0)
+    #: A request body must arrive within ``body_timeout`` + its declared length / ``body_min_rate``
+    #: seconds (a chunked one: as if it were max_body_bytes long); otherwise 408 and the connection
+    #: closes. The defaults give a 32 MiB upload 158 s (at least ~2 Mbit/s).
+    gateway_body_timeout_s: float = Field(default=30.0, gt=0.0)
+    gateway_body_min_bytes_per_s: int = Field(default=256 * 1024, ge=1)
+    #: Open client connections per gateway process. At the cap a new connection first evicts the
+    #: longest-waiting connection that has no request in progress (idle keep-alive or an unfinished
+    #: head); only when every connection is mid-request is the new one answered 503 and closed.
+    gateway_max_connections: int = Field(default=1000, ge=1)
+    #: How long a request waits for one of the gateway_db_pool_size connections before it gets
+    #: 503 with Retry-After (SQLAlchemy's default is 30 s, answered 500).
+    gateway_db_pool_timeout_s: float = Field(default=5.0, gt=0.0)
+    #: A Redis call on the request path (the rate limiter's) that takes longer fails, and the
+    #: request gets 503 with Retry-After instead of hanging on a Redis that stopped answering.
+    gateway_redis_timeout_s: float = Field(default=2.0, gt=0.0)
+    #: Postgres cancels a statement of the gateway or a worker running longer than this (0: never);
+    #: the gateway answers 503. ``medparse migrate`` runs without it.
+    db_statement_timeout_s: float = Field(default=30.0, ge=0.0)
+    #: Postgres ends a session left idle inside an open transaction this long (0: never).
+    db_idle_in_transaction_timeout_s: float = Field(default=60.0, ge=0.0)
+    #: Submissions waiting for their group commit per gateway process, in jobs and image bytes;
+    #: beyond either the submission answers 503 ``submit_queue_full`` with Retry-After.
+    submit_queue_max_jobs: int = Field(default=1024, ge=1)
+    submit_queue_max_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+
+    # --- bounded decoding (issue 12): full decodes of uploads in limited processes (medparse/decode_pool.py) ---
+    #: Decode processes per gateway (and per worker) process: full decodes of uploads and the result
+    #: renderers run there, at most this many at once. The deployment-wide bound is this times the
+    #: number of gateway and worker processes.
+    decode_processes: int = Field(default=2, ge=1, le=64)
+    #: Address space one decode may use beyond its process's baseline after imports (RLIMIT_AS). A
+    #: legitimate volume at max_volume_voxels as float64 needs ~1.2 GB (inflated file, values, a copy).
+    decode_memory_limit_bytes: int = Field(default=2 * 1024**3, ge=64 * 1024**2)
+    #: Wall-clock time one decode (or rendering) may take before its process is killed: 422
+    #: ``image_too_complex`` at the gateway, a failed job in a worker.
+    decode_timeout_s: float = Field(default=30.0, gt=0.0)
+    #: Input bytes being decoded at once per process; one input larger than this still runs, alone.
+    decode_max_inflight_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: Gateway requests waiting for a decode slot per gateway process; more answer 503 ``decode_busy`` at once.
+    decode_max_waiting: int = Field(default=32, ge=0)
+    #: How long a gateway request waits for a decode slot before it answers 503 ``decode_busy`` (Retry-After).
+    decode_queue_wait_s: float = Field(default=10.0, gt=0.0)
+    #: Of those, per tenant: one tenant's flood cannot fill the queue (a free slot also goes to the tenant
+    #: with the fewest decodes running, so another tenant waits for one decode at most).
+    decode_max_waiting_per_tenant: int = Field(default=4, ge=0)
+
+    # --- headers checked before allocating: DICOM/NIfTI structure (medparse/medical, issue 12) ---
+    #: A Deflated Explicit VR Little Endian dataset is counted while it inflates, keeping nothing, and
+    #: refused above this. 4 x max_body_bytes: deflate rarely gains more than 2-4x on image data, and it
+    #: holds the largest uncompressed 16-bit gray image max_image_pixels allows (80 MB) with room.
+    max_dicom_inflated_bytes: int = Field(default=128 * 1024 * 1024, ge=1024)
+    #: Data elements + sequence items + pixel fragments of one DICOM, all levels: pydicom builds an
+    #: object of 300-700 bytes for each (15 us), so this bounds its parse to ~65 MB and ~1.5 s. An
+    #: enhanced multi-frame of ~5000 frames (per-frame functional groups) stays below it.
+    max_dicom_elements: int = Field(default=100_000, ge=100)
+    #: Sequences within sequences: pydicom recurses per level; real files (SR content trees) nest < 20.
+    max_dicom_depth: int = Field(default=32, ge=2)
+    #: NumberOfFrames of one DICOM, checked before anything is built per frame (a 2-D job still picks
+    #: one frame; a volume job is further bound by max_volume_slices and the pixel limit).
+    max_dicom_frames: int = Field(default=10_000, ge=1)
+    #: NIfTI header extensions (nibabel builds an object per extension; real files carry 0-3).
+    max_nifti_extensions: int = Field(default=64, ge=0)
+    #: Pages of a TIFF upload, counted before Pillow does (its count is quadratic in the pages: 20,000
+    #: one-pixel pages in 2 MB took 10 s); only the first page is segmented.
+    max_image_frames: int = Field(default=1024, ge=1)
+
+    # --- webhook delivery apart from segmentation, time limits that hold (issue 12) -------------
+    #: Threads of a webhook worker (``medparse worker --role webhooks``); segmentation workers never
+    #: consume the webhooks queue.
+    webhook_worker_concurrency: int = Field(default=8, ge=1)
+    #: Wall-clock deadline of one delivery attempt: connect + TLS + sending the request + the response
+    #: headers (the body is never read). A receiver slower than this is a failed attempt (retried on the
+    #: schedule), whatever its trickle rate; webhook_timeout_s still bounds each single read or write.
+    webhook_attempt_deadline_s: float = Field(default=20.0, gt=0.0)
+    #: Deliveries being sent at once, per tenant and per target host (host:port), across all webhook
+    #: workers (Redis; in-process when embedded). A delivery that finds no free slot is not attempted: it
+    #: goes back to pending for webhook_slot_wait_s, holding no thread.
+    webhook_max_in_flight_per_tenant: int = Field(default=4, ge=1)
+    webhook_max_in_flight_per_host: int = Field(default=4, ge=1)
+    webhook_slot_wait_s: float = Field(default=1.0, gt=0.0)
+    #: Wall-clock deadline of one HTTP attempt to the model endpoint (connect + send + the whole answer);
+    #: unset = connect + read timeout + 5 s (so the 3-D client's longer read timeout gets a longer one).
+    #: A trickling endpoint defeats per-read timeouts, never this.
+    endpoint_request_deadline_s: float | None = Field(default=None, gt=0.0)
+
+    # --- database roles, stored-bytes quota, audit log (issue 12, migration 0007) ----------------
+    #: The workers', sweeper's and CLI's database (a login role in ``medparse_system``, which the
+    #: row-level security policies let see every tenant). Unset: ``database_url``. The gateway never
+    #: uses it, so its own role (a member of ``medparse_app`` only) cannot reach other tenants.
+    system_database_url: str | None = None
+    #: Bytes a tenant may keep stored (inputs + masks + medical outputs; counted in ``tenant_usage``);
+    #: a submission that would go over it gets 429 ``storage_quota_exceeded``. 0 = no limit.
+    #: A tenant's ``max_stored_bytes`` overrides it.
+    tenant_max_stored_bytes: int = Field(default=10 * 1024**3, ge=0)
+
+    # --- operators and tenant admins apart (issue 12, gateway/auth.py) ----------------------------
+    #: SHA-256 hex digest of the operator's bearer token (comma-separated: several, while one is
+    #: rotated out). The operator creates tenants, sets quotas and manages any tenant's keys over
+    #: HTTP; unset (default), only the CLI can. Only the digest is configured, so the token itself is
+    #: stored nowhere on the server: ``openssl rand -hex 32`` makes one (at least 32 characters),
+    #: ``printf %s "$TOKEN" | sha256sum`` its digest.
+    operator_token_sha256: SecretStr | None = None
+
+    @field_validator("operator_token_sha256")
+    @classmethod
+    def _operator_digests_are_sha256_hex(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # an empty variable (compose's ``${VAR:-}``) means unset
+        for digest in value.get_secret_value().split(","):
+            digest = digest.strip().lower()
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("operator_token_sha256: comma-separated SHA-256 hex digests (64 hex digits)")
+        return value
+
     # --- embedded default ---------------------------------------------------------------------
     emulator_port: int = 8081
 
@@ -234,6 +363,12 @@ class Settings(BaseSettings):
     @property
     def sync_database_url(self) -> str:
         return to_sync_url(self.async_database_url)
+
+    @property
+    def sync_system_database_url(self) -> str:
+        if self.system_database_url:
+            return to_sync_url(to_async_url(self.system_database_url))
+        return self.sync_database_url
 
     @property
     def endpoint_max_in_flight(self) -> int:

@@ -12,6 +12,7 @@ from celery import Celery
 from sqlalchemy import Engine
 
 from db.engine import make_sync_engine
+from medparse.decode_pool import DEFAULT_PRELOAD, DecodePool
 from medparse.endpoint.client import EndpointClient
 from medparse.endpoint.client3d import make_client_3d
 from medparse.endpoint.limiter import make_in_flight_limiter
@@ -32,6 +33,9 @@ class WorkerContext:
     wake_dispatcher: Callable[[], None]
     #: the MedImageParse 3D client (medparse/endpoint/client3d.py); None when not configured
     client_3d: EndpointClient | None = None
+    #: where a job's input is decoded, within the decode budget (workers/decode_steps.py); None decodes in
+    #: the calling thread (unit tests of the reading itself)
+    decoder: DecodePool | None = None
 
 
 class ContextHolder:
@@ -61,6 +65,8 @@ class ContextHolder:
                     app=self._app,
                     wake_dispatcher=self._wake_dispatcher,
                     client_3d=make_client_3d(settings, limiter, redis_client),
+                    # its processes start on the first decode that needs one
+                    decoder=DecodePool.from_settings(settings, preload=(*DEFAULT_PRELOAD, "workers.decode_steps")),
                 )
                 self._pid = os.getpid()
             return self._context

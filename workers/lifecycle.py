@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -124,13 +125,23 @@ def fail(
 
 
 class LeaseKeeper:
-    """Extends the job's lease every ``interval_s`` while the work runs (a heartbeat)."""
+    """Extends the job's lease every ``interval_s`` while the work runs (a heartbeat).
 
-    def __init__(self, engine: Engine, claimed: Claim, lease_s: float, interval_s: float) -> None:
+    For ``renew_for_s`` (the task's hard time limit) at most: a thread stuck past it (a hung call
+    no deadline reached; the threads pool enforces no Celery time limit) then lets its lease run
+    out, and the sweeper re-queues the job or fails it ``attempts_exhausted``, at most
+    ``renew_for_s + lease_s`` after the claim. The stuck thread's
+    late writes are pinned to its attempt and discarded.
+    """
+
+    def __init__(
+        self, engine: Engine, claimed: Claim, lease_s: float, interval_s: float, *, renew_for_s: float | None = None
+    ) -> None:
         self._engine = engine
         self._claimed = claimed
         self._lease_s = lease_s
         self._interval_s = interval_s
+        self._renew_until = None if renew_for_s is None else time.monotonic() + renew_for_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{claimed.job_id}", daemon=True)
 
@@ -145,6 +156,12 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
+            if self._renew_until is not None and time.monotonic() >= self._renew_until:
+                log.warning(
+                    "job %s attempt %d passed its time limit: no more heartbeats, the sweeper takes it back",
+                    self._claimed.job_id, self._claimed.attempt,
+                )
+                return
             until = utcnow() + timedelta(seconds=self._lease_s)
             try:
                 with self._engine.begin() as conn:

@@ -1,4 +1,11 @@
-"""Celery tasks: adapters that take a job id, and hand the work to lifecycle + pipeline."""
+"""Celery tasks: adapters that take a job id, and hand the work to lifecycle + pipeline.
+
+Time limits that hold whatever the pool type (the default ``threads`` pool enforces none of
+Celery's): every endpoint request of a job ends by the job's soft time limit (a deadline on the
+HTTP streams, medparse/http_deadline.py) and the job fails ``timeout``; decodes have their own
+deadline in the decode pool; and anything else that hangs stops being renewed by the heartbeat at
+the hard time limit, so the sweeper takes the job back even though a thread is stuck.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import uuid
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 
+from medparse import http_deadline
 from medparse.endpoint.errors import EndpointError
 from medparse.imaging import ImageRejected
 from medparse.queue import SEGMENT_TASK
@@ -37,7 +45,11 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
     outcome = "failed"
     ended: lifecycle.Ended | None = None
     started = time.monotonic()
-    with lifecycle.LeaseKeeper(ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s):
+    keeper = lifecycle.LeaseKeeper(
+        ctx.engine, claimed, settings.job_lease_s, settings.job_heartbeat_s,
+        renew_for_s=settings.task_time_limit_s,
+    )
+    with keeper, http_deadline.deadline_at(started + settings.task_soft_time_limit_s):
         try:
             # PNG/JPEG/TIFF go on to workers.pipeline.segment; DICOM, NIfTI volumes and the 3-D model are handled there
             result = segment_job(ctx, claimed, job_id_text)

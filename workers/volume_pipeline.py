@@ -1,8 +1,10 @@
 """Jobs whose input is DICOM or NIfTI: 2-D DICOM, volumes slice by slice, and the 3-D model.
 
-``segment_job`` is what ``workers.tasks.run_job`` calls for every job: PNG/JPEG/TIFF go through
-``workers.pipeline.segment``, a 2-D DICOM through ``segment_prepared`` with its pixels from the one
-parse of the upload (its header is kept for DICOM SEG output); a volume is segmented here. With the
+``segment_job`` is what ``workers.tasks.run_job`` calls for every job. The input is decoded first, in
+a decode process within its memory and time budget (``workers.decode_steps``, medparse/decode_pool.py):
+PNG/JPEG/TIFF and a 2-D DICOM come back as the model's PNG and go through ``segment_prepared`` (a
+DICOM's header is kept for DICOM SEG output); a volume comes back as its selected 8-bit slices and is
+segmented here. With the
 2-D model its selected slices go to the endpoint a few per request (``volume_rows_per_request``,
 bounded by ``volume_max_masks_per_request``) through the same client, so retries, auth and the
 global in-flight cap are the usual ones; after each request the job's ``progress`` is updated with
@@ -23,16 +25,17 @@ import numpy as np
 
 from db import medical as medical_repo
 from medparse import __version__, imaging, masks
+from medparse.decode_pool import decodes_inline
 from medparse.endpoint.errors import EndpointBadResponse, EndpointNotFound
 from medparse.endpoint.protocol import ScoreResult, ScoreRow
 from medparse.imaging import ImageRejected
 from medparse.medical import inputs, volumes
 from medparse.medical.errors import OptionRejected
-from medparse.medical.formats import sniff_medical
 from medparse.medical.options import MODEL_2D, MODEL_3D
 from workers.context import WorkerContext
+from workers.decode_steps import DecodedInput, decode_input
 from workers.lifecycle import Claim
-from workers.pipeline import CALL_ID_NAMESPACE, Segmentation, StoredMask, call_id, segment, segment_prepared
+from workers.pipeline import CALL_ID_NAMESPACE, Segmentation, StoredMask, call_id, segment_prepared
 
 log = logging.getLogger(__name__)
 
@@ -53,38 +56,26 @@ def segment_job(ctx: WorkerContext, claimed: Claim, job_id: str) -> Segmentation
 
 
 def _segment_job(ctx: WorkerContext, claimed: Claim, job_id: str) -> Segmentation:
-    settings = ctx.settings
-    limits = inputs.Limits.from_settings(settings)
-    kind = sniff_medical(claimed.image)
-    if kind is None:  # PNG, JPEG, TIFF
-        return segment(
-            claimed.image, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id,
-            attempt=claimed.attempt, options=claimed.options,
+    decoded = _decode(ctx, claimed)
+    if decoded.prepared is not None:  # PNG, JPEG, TIFF, a 2-D DICOM (whose header is kept for DICOM SEG output)
+        result = segment_prepared(
+            decoded.prepared, claimed.prompts, settings=ctx.settings, batcher=ctx.batcher, job_id=job_id,
+            attempt=claimed.attempt,
         )
-    if kind == "nifti":
-        stack = inputs.open_volume(claimed.image, claimed.options, limits)
-    else:
-        # pydicom parses the upload here only: is_volume, the pixels and the stored header all read this dataset.
-        upload = inputs.DicomUpload.open(claimed.image, claimed.options, max_pixels=limits.max_pixels)
-        if not upload.is_volume:
-            return _segment_dicom_image(ctx, claimed, upload, job_id)
-        stack = upload.slice_stack(limits)
+        return result if decoded.medical is None else dataclasses.replace(result, medical=decoded.medical)
+    assert decoded.volume is not None
+    stack = decoded.volume.stack()
     if stack.encode_nifti is not None:
         return _segment_3d(ctx, claimed, stack, job_id)
     return _segment_slices(ctx, claimed, stack, job_id)
 
 
-def _segment_dicom_image(ctx: WorkerContext, claimed: Claim, upload: inputs.DicomUpload, job_id: str) -> Segmentation:
-    """A 2-D DICOM job: segmented as a PNG would be, keeping the header for DICOM SEG output."""
-    settings = ctx.settings
-    pixels, source = upload.load_2d()
-    prepared = imaging.prepare_pixels(
-        pixels, source, target=settings.endpoint_image_size, png_compress_level=settings.endpoint_png_compress_level,
-    )
-    result = segment_prepared(
-        prepared, claimed.prompts, settings=settings, batcher=ctx.batcher, job_id=job_id, attempt=claimed.attempt,
-    )
-    return dataclasses.replace(result, medical=dataclasses.asdict(upload.record()))
+def _decode(ctx: WorkerContext, claimed: Claim) -> DecodedInput:
+    """The job's input decoded in a decode process, within its memory and time budget (over it:
+    ``image_too_complex``, the job fails); a small plain PNG (the common case) in this thread."""
+    if ctx.decoder is None or decodes_inline(claimed.image):
+        return decode_input(claimed.image, claimed.options, ctx.settings)
+    return ctx.decoder.call(decode_input, claimed.image, claimed.options, ctx.settings, nbytes=len(claimed.image))
 
 
 class Progress:

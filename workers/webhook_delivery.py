@@ -3,6 +3,10 @@
 Like the job lifecycle: the claim is a compare-and-set that numbers the attempt, and the result
 is written only by the claim that made that attempt, so a duplicate task is a no-op and a task
 that outlived its lease cannot overwrite a newer attempt. No transaction is open while sending.
+
+Between the claim and the send the delivery takes a slot of its tenant and of its target host
+(medparse/webhooks/slots.py). Without one it is handed back (``postpone``): pending again, due in
+``webhook_slot_wait_s``, no attempt counted, and the worker thread is free at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from medparse.webhooks.payload import render_body
 from medparse.webhooks.schedule import retry_delay
 from medparse.webhooks.sender import AttemptResult, Outcome, WebhookSender
 from medparse.webhooks.signing import new_secret, webhook_headers
+from medparse.webhooks.slots import DeliverySlots, HeldSlots, SlotRequest, host_of
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +54,8 @@ class ClaimedDelivery:
 
 
 def lease_seconds(settings: Settings) -> float:
-    # connect + write + read phases each bounded by the timeout, plus a margin for the database
-    return 3 * settings.webhook_timeout_s + 30.0
+    # the attempt's wall-clock deadline, plus a margin for DNS and the database
+    return settings.webhook_attempt_deadline_s + 30.0
 
 
 def _signing_secrets(secret: str, previous: str | None, previous_until: datetime | None, now: datetime) -> list[str]:
@@ -149,19 +154,54 @@ def finish(engine: Engine, claimed: ClaimedDelivery, result: AttemptResult, sett
     return updated
 
 
-def deliver(engine: Engine, sender: WebhookSender, settings: Settings, delivery_id: uuid.UUID) -> str:
-    """One run of ``webhooks.deliver``. Returns what happened, for logs and tests."""
+def postpone(engine: Engine, claimed: ClaimedDelivery, settings: Settings) -> bool:
+    """Undo the claim: pending again, due after ``webhook_slot_wait_s``; False when a newer claim owns it."""
+    now = utcnow()
+    with engine.begin() as conn:
+        return conn.execute(repo.postpone_claim_stmt(
+            claimed.id, claimed.attempt, now=now, next_attempt_at=now + timedelta(seconds=settings.webhook_slot_wait_s)
+        )).rowcount == 1
+
+
+def _release_quietly(slots: DeliverySlots, held: HeldSlots) -> None:
+    try:
+        slots.release(held)
+    except Exception as exc:  # Redis away: the slot's lease ends by itself; the attempt must still be recorded
+        log.warning("could not release a webhook sending slot: %s", type(exc).__name__)
+
+
+def deliver(
+    engine: Engine, sender: WebhookSender, settings: Settings, delivery_id: uuid.UUID,
+    slots: DeliverySlots | None = None,
+) -> str:
+    """One run of ``webhooks.deliver``. Returns what happened, for logs and tests.
+
+    ``slots``: the per-tenant and per-host bounds; None sends without them (tests of other behaviour).
+    """
     claimed = claim(engine, delivery_id, settings)
     if claimed is None:
         return "skipped"  # not due: delivered, waiting for its retry time, or being sent elsewhere
-    started_at = utcnow()
-    if claimed.url is None:
-        result = AttemptResult(Outcome.refused, None, "target_disabled: the endpoint is disabled or deleted", None, 0)
-    else:
-        msg_id = webhook_id(claimed.id)
-        body = render_body(claimed.payload, settings.webhook_link_base_url)
-        headers = webhook_headers(claimed.signing_secrets, msg_id, int(started_at.timestamp()), body)
-        result = sender.send(claimed.url, body, headers)
+    held: HeldSlots | None = None
+    if claimed.url is not None and slots is not None:
+        held = slots.try_acquire(SlotRequest(str(claimed.tenant_id), host_of(claimed.url)))
+        if held is None:
+            postpone(engine, claimed, settings)
+            log.debug("webhook %s postponed: its tenant or host has no free sending slot", webhook_id(claimed.id))
+            return "postponed"
+    try:
+        started_at = utcnow()
+        if claimed.url is None:
+            result = AttemptResult(
+                Outcome.refused, None, "target_disabled: the endpoint is disabled or deleted", None, 0
+            )
+        else:
+            msg_id = webhook_id(claimed.id)
+            body = render_body(claimed.payload, settings.webhook_link_base_url)
+            headers = webhook_headers(claimed.signing_secrets, msg_id, int(started_at.timestamp()), body)
+            result = sender.send(claimed.url, body, headers)
+    finally:
+        if held is not None and slots is not None:
+            _release_quietly(slots, held)
     finish(engine, claimed, result, settings, started_at)
     # Ids and the error's kind only: no URL (its query may carry the receiver's token), body or secret.
     log.info(

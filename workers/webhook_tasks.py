@@ -1,8 +1,12 @@
 """``webhooks.deliver`` (a thin task) and the dispatcher that publishes due deliveries.
 
+Deliveries run in their own worker role (``medparse worker --role webhooks``: its own processes,
+threads and queue), never in the segmentation pool, so receivers that are slow, trickling or down
+cannot take a thread from any tenant's segmentation. That role also runs the dispatcher thread.
+
 Retries wait in Postgres (``next_attempt_at``), never in the broker: a Celery countdown longer
 than the Redis visibility timeout would be delivered twice, and a flushed Redis would lose it.
-Every ``webhook_dispatch_interval_s`` each worker's dispatcher publishes the deliveries that are
+Every ``webhook_dispatch_interval_s`` each webhook worker's dispatcher publishes the deliveries that are
 due (and those whose sender died mid-attempt); the task's compare-and-set claim makes the
 duplicates that several dispatchers or a redelivered message produce harmless.
 """
@@ -13,18 +17,22 @@ import logging
 import os
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
+import redis
 from celery import Celery, signals
 from kombu import Exchange, Queue
+from sqlalchemy import Engine
 
 from db import webhooks as repo
+from db.engine import make_sync_engine
 from medparse.settings import Settings
 from medparse.webhooks.sender import WebhookSender
-from workers.context import ContextHolder, WorkerContext
+from medparse.webhooks.slots import DeliverySlots, make_delivery_slots
 from workers.periodic import PeriodicThread
-from workers.webhook_delivery import deliver
+from workers.webhook_delivery import deliver, lease_seconds
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +42,70 @@ WEBHOOK_QUEUE = "webhooks"
 BATCH = 500
 
 
-class SenderHolder:
-    """One ``WebhookSender`` per process (built after fork, like the worker context)."""
+class Publishing(Protocol):
+    """What ``publish_due`` needs: a WebhookContext, or a segmentation WorkerContext in tests."""
 
-    def __init__(self, settings: Settings) -> None:
+    settings: Settings
+    engine: Engine
+    app: Celery
+
+
+@dataclass
+class WebhookContext:
+    """A webhook worker's per-process resources: no endpoint client, no decode pool."""
+
+    settings: Settings
+    engine: Engine
+    app: Celery
+    sender: WebhookSender
+    slots: DeliverySlots
+
+
+def make_sender(settings: Settings) -> WebhookSender:
+    return WebhookSender(
+        timeout_s=settings.webhook_timeout_s,
+        allow_private=settings.webhook_allow_private_targets,
+        attempt_deadline_s=settings.webhook_attempt_deadline_s,
+    )
+
+
+class WebhookContextHolder:
+    """Built lazily, once per process id (after fork, like the worker context)."""
+
+    def __init__(self, settings: Settings, app: Celery) -> None:
         self._settings = settings
+        self._app = app
         self._lock = threading.Lock()
         self._pid: int | None = None
-        self._sender: WebhookSender | None = None
+        self._context: WebhookContext | None = None
 
-    def get(self) -> WebhookSender:
+    def get(self) -> WebhookContext:
         with self._lock:
-            if self._sender is None or self._pid != os.getpid():
-                self._sender = WebhookSender(
-                    timeout_s=self._settings.webhook_timeout_s,
-                    allow_private=self._settings.webhook_allow_private_targets,
+            if self._context is None or self._pid != os.getpid():
+                settings = self._settings
+                redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+                self._context = WebhookContext(
+                    settings=settings,
+                    engine=make_sync_engine(settings, system_scope=True),
+                    app=self._app,
+                    sender=make_sender(settings),
+                    slots=make_delivery_slots(settings, redis_client, lease_s=lease_seconds(settings)),
                 )
                 self._pid = os.getpid()
-            return self._sender
+            return self._context
 
 
-def publish_due(ctx: WorkerContext, now: datetime | None = None) -> list[str]:
+def publish_due(ctx: Publishing, now: datetime | None = None) -> list[str]:
     """Publish ``webhooks.deliver`` for every due delivery not published recently; returns the ids."""
     now = now or datetime.now(UTC)
     before = now - timedelta(seconds=ctx.settings.redispatch_after_s)
     with ctx.engine.begin() as conn:
-        due = list(conn.execute(repo.due_deliveries_stmt(now=now, dispatched_before=before, limit=BATCH)).scalars())
+        # Twice the tenant's sending slots per pass: enough to keep its slots busy, while the rest of
+        # a backlog waits in Postgres instead of being published only to be postponed.
+        per_tenant = 2 * ctx.settings.webhook_max_in_flight_per_tenant
+        due = list(conn.execute(
+            repo.due_deliveries_stmt(now=now, dispatched_before=before, limit=BATCH, per_tenant=per_tenant)
+        ).scalars())
         if not due:
             return []
         # Another worker's dispatcher may take some meanwhile: only those marked here are ours.
@@ -77,15 +123,20 @@ def publish_due(ctx: WorkerContext, now: datetime | None = None) -> list[str]:
     return published
 
 
-def register_webhooks(app: Celery, holder: ContextHolder, settings: Settings, *, dispatcher: bool = True) -> None:
-    """The ``webhooks.deliver`` task, its queue (consumed by every worker) and the dispatcher thread."""
+def declare_webhook_queue(app: Celery) -> None:
+    """The ``webhooks`` queue beside the default one. Only the webhook role consumes it (``-Q``)."""
     queues = list(app.conf.task_queues or [Queue(app.conf.task_default_queue)])
     if all(q.name != WEBHOOK_QUEUE for q in queues):
         # Its own exchange: a queue without one is bound to the default exchange and routing key,
         # and would then also receive every segmentation message (and vice versa).
         queues.append(Queue(WEBHOOK_QUEUE, Exchange(WEBHOOK_QUEUE, type="direct"), routing_key=WEBHOOK_QUEUE))
     app.conf.task_queues = queues
-    senders = SenderHolder(settings)
+
+
+def register_webhooks(app: Celery, settings: Settings, *, dispatcher: bool = True) -> WebhookContextHolder:
+    """The webhook role: the ``webhooks.deliver`` task, its queue and the dispatcher thread."""
+    declare_webhook_queue(app)
+    holder = WebhookContextHolder(settings, app)
 
     @app.task(name=WEBHOOK_TASK, acks_late=True, ignore_result=True)
     def deliver_webhook(delivery_id: str) -> str:
@@ -95,7 +146,7 @@ def register_webhooks(app: Celery, holder: ContextHolder, settings: Settings, *,
             log.error("dropping webhook message with a malformed delivery id")
             return "malformed"
         ctx = holder.get()
-        return deliver(ctx.engine, senders.get(), ctx.settings, parsed)
+        return deliver(ctx.engine, ctx.sender, ctx.settings, parsed, ctx.slots)
 
     if dispatcher:
         thread = PeriodicThread(
@@ -109,3 +160,5 @@ def register_webhooks(app: Celery, holder: ContextHolder, settings: Settings, *,
         @signals.worker_shutdown.connect(weak=False)
         def _stop_dispatcher(**_: Any) -> None:
             thread.stopped.set()
+
+    return holder

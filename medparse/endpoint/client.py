@@ -4,6 +4,11 @@ One ``EndpointClient`` per process, shared by all worker threads: it holds one h
 pool, one credential and no per-call state. Each call gets one ``x-ms-client-request-id`` for all
 its attempts; it is logged with the job id so a job can be found in the endpoint's traffic log.
 Keys, tokens and image bytes are never logged.
+
+Every HTTP attempt has a wall-clock deadline (``endpoint_request_deadline_s``) besides httpx's
+per-read timeouts, which an endpoint trickling its answer would defeat; and when the caller set an
+overall deadline (the job's time limit, ``medparse.http_deadline.deadline_at``) no attempt, backoff
+or wait for an in-flight slot runs past it: the call ends with ``JobTimeLimitExceeded``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from types import TracebackType
 
 import httpx
 
+from medparse import http_deadline
 from medparse.endpoint.auth import TokenProvider, make_token_provider
-from medparse.endpoint.errors import EndpointError
+from medparse.endpoint.errors import EndpointError, JobTimeLimitExceeded
 from medparse.endpoint.limiter import InFlightLimiter, InFlightSlotTimeout, in_flight_limit
 from medparse.endpoint.protocol import RowResult, ScoreResult, ScoreRow, build_request_body, parse_response
 from medparse.endpoint.retry import Failure, FailureKind, RetryPolicy, RetryState, failure_from_status
@@ -74,6 +80,9 @@ class EndpointClient:
         self._parser = parser
         self._connect_timeout_s = settings.endpoint_connect_timeout_s
         self._read_timeout_s = settings.endpoint_read_timeout_s
+        self._request_deadline_s = settings.endpoint_request_deadline_s or (
+            settings.endpoint_connect_timeout_s + settings.endpoint_read_timeout_s + 5.0
+        )
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if settings.endpoint_deployment:
             self._headers[DEPLOYMENT_HEADER] = settings.endpoint_deployment
@@ -81,7 +90,7 @@ class EndpointClient:
         pool = in_flight_limit(settings)
         limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
         self._http = httpx.Client(
-            transport=transport or httpx.HTTPTransport(limits=limits, retries=0),
+            transport=transport or http_deadline.deadline_transport(limits=limits, retries=0),
             follow_redirects=False,
         )
 
@@ -122,6 +131,9 @@ class EndpointClient:
             )
             refresh = decision.refresh_auth
             if decision.delay_s > 0:
+                left = http_deadline.remaining_s()
+                if left is not None and left <= decision.delay_s:
+                    raise self._out_of_job_time(state, f"before retry {state.attempts + 1}")
                 self._sleep(decision.delay_s)
 
         server_request_id = _server_request_id(outcome)
@@ -161,8 +173,22 @@ class EndpointClient:
     ) -> None:
         self.close()
 
+    def _out_of_job_time(self, state: RetryState, when: str) -> JobTimeLimitExceeded:
+        log.warning(
+            "endpoint call stopped by the job's time limit client_request_id=%s attempts=%d (%s)",
+            state.client_request_id, state.attempts, when,
+        )
+        return JobTimeLimitExceeded(
+            f"the job reached its processing time limit while calling the endpoint ({when}, after "
+            f"{state.attempts} attempt(s)); the endpoint may be hung or overloaded; try again later",
+            attempts=state.attempts, client_request_id=state.client_request_id,
+        )
+
     def _attempt(self, body: bytes, state: RetryState, *, refresh_auth: bool) -> httpx.Response | Failure:
         """One HTTP attempt under an in-flight slot: the 200 response, or what went wrong."""
+        job_left = http_deadline.remaining_s()
+        if job_left is not None and job_left <= 0:
+            raise self._out_of_job_time(state, f"before attempt {state.attempts + 1}")
         try:
             bearer = self._tokens.bearer(force_refresh=refresh_auth)
         except EndpointError as exc:
@@ -174,6 +200,8 @@ class EndpointClient:
             CLIENT_REQUEST_ID_HEADER: state.client_request_id or "",
         }
         remaining = state.remaining_s(self._clock())
+        if job_left is not None:
+            remaining = min(remaining, job_left)
         if remaining <= 0:
             raise state.give_up(Failure(FailureKind.overloaded, detail="no time left"), "out of time")
         try:
@@ -181,6 +209,9 @@ class EndpointClient:
                 state.attempt_started()
                 return self._post(body, headers, state)
         except InFlightSlotTimeout as exc:
+            left = http_deadline.remaining_s()
+            if left is not None and left <= 0:
+                raise self._out_of_job_time(state, "waiting for a free in-flight slot") from None
             failure = Failure(FailureKind.overloaded, detail=str(exc))
             raise state.give_up(failure, "waiting for a free in-flight slot") from None
 
@@ -193,10 +224,21 @@ class EndpointClient:
             write=min(self._read_timeout_s, remaining),
             pool=min(self._connect_timeout_s, remaining),
         )
+        deadline_s = min(self._request_deadline_s, remaining)
+        attempt_started = time.monotonic()
         try:
-            response = self._http.post(self._uri, content=body, headers=headers, timeout=timeout)
-        except httpx.ReadTimeout as exc:
-            return Failure(FailureKind.read_timeout, detail=f"no answer within {timeout.read:g} s ({exc})")
+            with http_deadline.deadline_in(deadline_s):
+                response = self._http.post(self._uri, content=body, headers=headers, timeout=timeout)
+        except httpx.TimeoutException as exc:
+            job_left = http_deadline.remaining_s()
+            if job_left is not None and job_left <= 0:
+                raise self._out_of_job_time(state, f"during attempt {state.attempts}") from None
+            if time.monotonic() - attempt_started >= deadline_s - 0.05:
+                detail = f"no complete answer within the request deadline of {deadline_s:g} s ({type(exc).__name__})"
+                return Failure(FailureKind.read_timeout, detail=detail)
+            if isinstance(exc, httpx.ReadTimeout):
+                return Failure(FailureKind.read_timeout, detail=f"no answer within {timeout.read:g} s ({exc})")
+            return Failure(FailureKind.connection, detail=f"{type(exc).__name__}: {exc}")
         except httpx.RequestError as exc:  # refused, reset, protocol or decoding trouble
             return Failure(FailureKind.connection, detail=f"{type(exc).__name__}: {exc}")
         if response.status_code == 200:

@@ -70,3 +70,10 @@ class EndpointBadResponse(EndpointError):
     """An answer we cannot trust: not the documented shape, wrong mask count, size or bytes."""
 
     code = "endpoint_bad_response"
+
+
+class JobTimeLimitExceeded(EndpointError):
+    """The job's own time limit (``task_soft_time_limit_s``) ran out during or between endpoint
+    requests: whatever the worker pool type, a hung or trickling endpoint cannot keep a job running."""
+
+    code = "timeout"

@@ -1,5 +1,9 @@
 """DICOM uploads: checked from the header before any pixel is decoded, then read as the samples do.
 
+Before pydicom parses an upload, ``dicom_scan`` walks its raw structure within the ``max_dicom_*``
+limits (a deflated dataset is inflated only when it fits); then the image attributes are checked
+against the pixel limit and against the Pixel Data actually present, all before any decode.
+
 Reading follows the samples (protocol notes 4.1/4.2: ``pixel_array * RescaleSlope + RescaleIntercept``)
 plus what real files need: the Modality LUT (pydicom's ``apply_modality_lut``, or the rescale of an
 enhanced multi-frame's functional groups), MONOCHROME1 inverted after windowing (so bright is dense
@@ -18,11 +22,15 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.filereader import read_dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder, pixel_array
+from pydicom.pixels.utils import get_expected_length
+from pydicom.uid import UID
 
 from medparse.imaging import ImageRejected
 from medparse.imaging import quiet_warnings as quiet
+from medparse.medical.dicom_scan import DicomLimits, Layout, scan
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 #: Photometric interpretations we can turn into gray or RGB pixels.
@@ -58,16 +66,23 @@ def corrupt(detail: str = "") -> ImageRejected:
     return ImageRejected("corrupt_image", f"the DICOM file is damaged or truncated{extra}; export it again")
 
 
-def open_dicom(data: bytes, *, max_pixels: int) -> DicomHeader:
+def open_dicom(data: bytes, *, max_pixels: int, limits: DicomLimits | None = None) -> DicomHeader:
     """Parse and check an upload; nothing is decoded yet.
+
+    The structure is walked first (``dicom_scan``: file meta, inflated size of a deflated dataset,
+    elements, nesting, Pixel Data), so pydicom only parses what is within ``limits``; then the image
+    attributes are checked against each other and against the Pixel Data actually present.
 
     Raises:
         ImageRejected: not readable DICOM, no image in it, an unsupported layout or transfer
-            syntax, or more than ``max_pixels`` (rows x columns x frames) declared.
+            syntax, more than ``max_pixels`` (rows x columns x frames) or ``limits.max_frames``
+            declared, pixel data shorter than declared, or a structure beyond ``limits``.
     """
+    limits = limits or DicomLimits.defaults()
+    layout = scan(data, limits)
     with quiet():
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            ds = _read(data, layout)
             ds.get("PixelData")  # parse lazily-read elements now, inside the guard
         except Exception as exc:  # pydicom raises many types on hostile input
             raise corrupt(type(exc).__name__) from exc
@@ -75,13 +90,50 @@ def open_dicom(data: bytes, *, max_pixels: int) -> DicomHeader:
         if any(tag in ds for tag in _PIXEL_DATA_TAGS):
             raise ImageRejected("unsupported_format", "DICOM float pixel data is not supported; export integer pixels")
         raise ImageRejected("unsupported_format", "the DICOM file holds no image (no Pixel Data); upload an image")
+    rows, columns, frames, samples, photometric = _check_image(ds, layout, max_pixels, limits)
+    syntax = UID(layout.transfer_syntax)
+    return DicomHeader(
+        dataset=ds, rows=rows, columns=columns, frames=frames, samples_per_pixel=samples,
+        photometric=photometric, transfer_syntax=str(syntax), transfer_syntax_name=str(syntax.name),
+        modality=str(ds.get("Modality")) if ds.get("Modality") else None,
+    )
+
+
+def check_headers(data: bytes, *, max_pixels: int, limits: DicomLimits) -> None:
+    """What ``open_dicom`` refuses before pydicom parses the dataset, without pydicom parsing it.
+
+    For the gateway process, ahead of the full decode elsewhere: the structure within ``limits``, the
+    declared image against ``max_pixels``/``max_frames`` and against the Pixel Data present. A deflated
+    dataset is only counted against ``max_inflated_bytes`` here (nothing kept); its structure is walked
+    where it is parsed.
+
+    Raises:
+        ImageRejected: as ``open_dicom`` would for these reasons.
+    """
+    layout = scan(data, limits, inflate=False)
+    if not layout.walked:
+        return
+    if layout.pixel_length is None and layout.fragments is None:
+        raise ImageRejected("unsupported_format", "the DICOM file holds no image (no Pixel Data); upload an image")
+    with quiet():
+        try:  # the few attributes the walk kept, read by pydicom: a few hundred bytes
+            ds = read_dataset(io.BytesIO(layout.image_attributes), is_implicit_VR=not layout.explicit_vr,
+                              is_little_endian=layout.little_endian)
+        except Exception as exc:
+            raise corrupt("missing or invalid image attributes") from exc
+    _check_image(ds, layout, max_pixels, limits)
+
+
+def _check_image(
+    ds: Dataset, layout: Layout, max_pixels: int, limits: DicomLimits
+) -> tuple[int, int, int, int, str]:
+    """(rows, columns, frames, samples, photometric) once the declared image fits every limit and the file."""
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames") or 1)
         samples = int(ds.get("SamplesPerPixel") or 1)
         bits = int(ds.BitsAllocated)
         photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
-        syntax = ds.file_meta.TransferSyntaxUID
     except Exception as exc:
         raise corrupt("missing or invalid image attributes") from exc
     if rows < 1 or columns < 1 or frames < 1:
@@ -98,12 +150,46 @@ def open_dicom(data: bytes, *, max_pixels: int) -> DicomHeader:
             f"DICOM pixels of {samples} samples, {bits} bits, {photometric or 'no'} photometric interpretation "
             "are not supported; export gray (MONOCHROME) or RGB pixels",
         )
-    _check_decoder(syntax)
-    return DicomHeader(
-        dataset=ds, rows=rows, columns=columns, frames=frames, samples_per_pixel=samples,
-        photometric=photometric, transfer_syntax=str(syntax), transfer_syntax_name=str(syntax.name),
-        modality=str(ds.get("Modality")) if ds.get("Modality") else None,
-    )
+    _check_pixel_data(ds, layout, frames)
+    if frames > limits.max_frames:
+        raise ImageRejected(
+            "image_too_large",
+            f"the DICOM image has {frames} frames; the limit is {limits.max_frames} (max_dicom_frames)",
+        )
+    _check_decoder(UID(layout.transfer_syntax))
+    return rows, columns, frames, samples, photometric
+
+
+def _read(data: bytes, layout: Layout) -> Dataset:
+    """pydicom's dataset of a scanned upload; a deflated one from the dataset ``scan`` inflated within its cap."""
+    if layout.inflated is None:
+        return pydicom.dcmread(io.BytesIO(data), force=False)
+    # The file meta alone (pydicom inflates nothing when no dataset follows), then the inflated dataset.
+    meta = pydicom.dcmread(io.BytesIO(data[:layout.dataset_offset]), force=False)
+    body = read_dataset(io.BytesIO(layout.inflated), is_implicit_VR=False, is_little_endian=True)
+    ds = FileDataset(io.BytesIO(), body, preamble=meta.preamble, file_meta=meta.file_meta,
+                     is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, body.original_character_set)
+    return ds
+
+
+def _check_pixel_data(ds: Dataset, layout: Layout, frames: int) -> None:
+    """The Pixel Data present can hold what the attributes declare: 1 KB cannot hold 40 M frames."""
+    syntax = UID(layout.transfer_syntax)
+    encapsulated = syntax.is_transfer_syntax and syntax.is_encapsulated
+    if layout.fragments is not None or encapsulated:
+        fragments = layout.fragments or 0
+        if frames > fragments:
+            raise corrupt(f"{frames} frames declared, the pixel data holds {fragments} fragments")
+        return
+    if layout.pixel_length is None:
+        return  # no Pixel Data: refused as such by the caller
+    try:
+        expected = int(get_expected_length(ds, "bytes"))
+    except Exception as exc:
+        raise corrupt("missing or invalid image attributes") from exc
+    if layout.pixel_length < expected:
+        raise corrupt(f"the pixel data holds {layout.pixel_length} bytes, the attributes declare {expected}")
 
 
 def _check_decoder(syntax: Any) -> None:

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import functools
 import gzip
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from medparse import imaging
 from medparse.imaging import ImageInfo, ImageRejected
 from medparse.medical import dicom, nifti, windowing
+from medparse.medical.dicom_scan import DicomLimits
 from medparse.medical.errors import OptionRejected
 from medparse.medical.formats import GZIP_MAGIC, sniff_medical
 from medparse.medical.options import DEFAULT_SLICE_AXIS, MedicalOptions
@@ -31,6 +33,9 @@ class Limits:
     max_volume_voxels: int
     max_volume_bytes: int
     max_volume_slices: int
+    dicom: DicomLimits
+    max_nifti_extensions: int
+    max_image_frames: int
 
     @classmethod
     def from_settings(cls, settings: Any) -> Limits:
@@ -39,6 +44,9 @@ class Limits:
             max_volume_voxels=settings.max_volume_voxels,
             max_volume_bytes=settings.max_volume_bytes,
             max_volume_slices=settings.max_volume_slices,
+            dicom=DicomLimits.from_settings(settings),
+            max_nifti_extensions=settings.max_nifti_extensions,
+            max_image_frames=settings.max_image_frames,
         )
 
 
@@ -68,7 +76,8 @@ class SliceStack:
     #: (S, H, W) or (S, H, W, 3), in modality units; slice k of the input is ``values[k]``
     values: np.ndarray
     slice_axis: int
-    indices: list[int]
+    #: the selected slices: a list (2-D model, at most max_volume_slices) or a range (3-D model, all)
+    indices: Sequence[int]
     #: the job's ``window`` option, which ``bounds`` applies
     window: str | dict[str, float] | None
     invert: bool
@@ -132,9 +141,11 @@ class DicomUpload:
     options: MedicalOptions
 
     @classmethod
-    def open(cls, data: bytes, options: Mapping[str, Any] | None, *, max_pixels: int) -> DicomUpload:
-        """Raises: ImageRejected: see ``dicom.open_dicom``."""
-        return cls(dicom.open_dicom(data, max_pixels=max_pixels), MedicalOptions.from_job(options))
+    def open(
+        cls, data: bytes, options: Mapping[str, Any] | None, *, max_pixels: int, dicom_limits: DicomLimits | None = None
+    ) -> DicomUpload:
+        """Raises: ImageRejected: see ``dicom.open_dicom`` (``dicom_limits`` default: the settings' defaults)."""
+        return cls(dicom.open_dicom(data, max_pixels=max_pixels, limits=dicom_limits), MedicalOptions.from_job(options))
 
     @property
     def is_volume(self) -> bool:
@@ -168,7 +179,7 @@ class DicomUpload:
         """
         header, opts = self.header, self.options
         _check_dicom_options(header, opts, limits)
-        indices = opts.slice_indices(header.frames)
+        indices = opts.slice_indices(header.frames, limit=limits.max_volume_slices)
         values = dicom.decode(header, None)
         invert = header.photometric == "MONOCHROME1"
         reading = {
@@ -198,16 +209,40 @@ def probe(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> Ima
     return _probe_nifti(data, opts, limits)
 
 
+def check_headers(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> None:
+    """The header-only part of ``probe``, for any upload: nothing proportional to a declared size is built.
+
+    What the gateway process checks itself before a full decode runs in a decode process: DICOM
+    structure and declared image (``dicom.check_headers``), a NIfTI header and the options that must fit
+    it, a PNG/JPEG/TIFF's declared size and pages (``imaging.check_headers``).
+
+    Raises:
+        ImageRejected, OptionRejected: as ``probe`` would for these reasons.
+    """
+    kind = sniff_medical(data)
+    if kind is None:
+        imaging.check_headers(data, max_pixels=limits.max_pixels, max_frames=limits.max_image_frames)
+        return
+    opts = MedicalOptions.from_job(options)
+    if kind == "dicom":
+        dicom.check_headers(data, max_pixels=limits.max_pixels, limits=limits.dicom)
+        return
+    header = nifti.parse_header(
+        data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes,
+        max_extensions=limits.max_nifti_extensions,
+    )
+    _check_nifti_options(header, opts, limits)
+
+
 def _probe_dicom(data: bytes, opts: MedicalOptions, limits: Limits) -> ImageInfo:
-    header = dicom.open_dicom(data, max_pixels=limits.max_pixels)
+    header = dicom.open_dicom(data, max_pixels=limits.max_pixels, limits=limits.dicom)
     _check_dicom_options(header, opts, limits)
     frames = [opts.frame] if opts.frame is not None else (None if header.frames > 1 else [0])
     dicom.decode(header, frames)  # a full decode: damaged pixel data is a 4xx now, not a failed job later
     details: dict[str, Any] = {"kind": "image", **header.details()}
     if opts.frame is None and header.frames > 1:
-        indices = opts.slice_indices(header.frames)
         details.update(kind="volume", shape=[header.frames, header.rows, header.columns], slice_axis=0,
-                       slices=len(indices))
+                       slices=opts.slice_count(header.frames))
     bits = int(header.dataset.get("BitsStored") or header.dataset.get("BitsAllocated") or 8)
     return ImageInfo(
         format="dicom", width=header.columns, height=header.rows, channels=header.samples_per_pixel,
@@ -229,12 +264,15 @@ def _check_dicom_options(header: dicom.DicomHeader, opts: MedicalOptions, limits
         return
     if header.frames == 1 and opts.slices is not None:
         raise OptionRejected("options.slices", "this DICOM has a single frame; slices apply to multi-frame files")
-    if header.frames > 1 and len(opts.slice_indices(header.frames)) > limits.max_volume_slices:
+    if header.frames > 1 and opts.slice_count(header.frames) > limits.max_volume_slices:
         raise OptionRejected("options.slices", f"at most {limits.max_volume_slices} frames per job; choose slices")
 
 
 def _probe_nifti(data: bytes, opts: MedicalOptions, limits: Limits) -> ImageInfo:
-    header = nifti.parse_header(data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes)
+    header = nifti.parse_header(
+        data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes,
+        max_extensions=limits.max_nifti_extensions,
+    )
     axis, indices = _check_nifti_options(header, opts, limits)
     values, _ = nifti.load(data, header, frame=opts.frame)
     rows, cols = (d for i, d in enumerate(header.spatial_shape) if i != axis)
@@ -251,24 +289,19 @@ def _probe_nifti(data: bytes, opts: MedicalOptions, limits: Limits) -> ImageInfo
 
 def _check_nifti_options(
     header: nifti.NiftiHeader, opts: MedicalOptions, limits: Limits
-) -> tuple[int, list[int]]:
+) -> tuple[int, Sequence[int]]:
     if opts.frame is not None and not 0 <= opts.frame < header.frames:
         what = f"has {header.frames} volumes: use 0..{header.frames - 1}" if header.frames > 1 else "is 3-D"
         raise OptionRejected("options.frame", f"frame picks a volume of a 4-D NIfTI; this one {what}")
     if opts.uses_3d_model:
         if opts.slices is not None or opts.slice_axis is not None:
             raise OptionRejected("options.slices", "the 3-D model segments the whole volume; drop slices/slice_axis")
-        return DEFAULT_SLICE_AXIS, list(range(header.spatial_shape[DEFAULT_SLICE_AXIS]))
+        return DEFAULT_SLICE_AXIS, range(header.spatial_shape[DEFAULT_SLICE_AXIS])  # one call: no slice limit
     axis = DEFAULT_SLICE_AXIS if opts.slice_axis is None else opts.slice_axis
     rows, cols = (d for i, d in enumerate(header.spatial_shape) if i != axis)
     if rows * cols > limits.max_pixels:
         raise ImageRejected("image_too_large", f"slices of {cols}x{rows} pixels exceed the {limits.max_pixels} limit")
-    indices = opts.slice_indices(header.spatial_shape[axis])
-    if len(indices) > limits.max_volume_slices:
-        raise OptionRejected(
-            "options.slices", f"{len(indices)} slices; at most {limits.max_volume_slices} per job, choose slices"
-        )
-    return axis, indices
+    return axis, opts.slice_indices(header.spatial_shape[axis], limit=limits.max_volume_slices)
 
 
 def load_2d(data: bytes, options: Mapping[str, Any] | None, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -279,12 +312,16 @@ def load_2d(data: bytes, options: Mapping[str, Any] | None, max_pixels: int) -> 
 def open_volume(data: bytes, options: Mapping[str, Any] | None, limits: Limits) -> SliceStack:
     """A volume job's input as a slice stack (NIfTI, or a multi-frame DICOM's frames)."""
     if sniff_medical(data) == "dicom":
-        return DicomUpload.open(data, options, max_pixels=limits.max_pixels).slice_stack(limits)
+        upload = DicomUpload.open(data, options, max_pixels=limits.max_pixels, dicom_limits=limits.dicom)
+        return upload.slice_stack(limits)
     return _nifti_stack(data, MedicalOptions.from_job(options), limits)
 
 
 def _nifti_stack(data: bytes, opts: MedicalOptions, limits: Limits) -> SliceStack:
-    header = nifti.parse_header(data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes)
+    header = nifti.parse_header(
+        data, max_voxels=limits.max_volume_voxels, max_bytes=limits.max_volume_bytes,
+        max_extensions=limits.max_nifti_extensions,
+    )
     axis, indices = _check_nifti_options(header, opts, limits)
     values, image = nifti.load(data, header, frame=opts.frame)
     record = MedicalRecord(source_kind="nifti", source_header=nifti.header_blob(image), affine=nifti.affine_of(image))

@@ -61,12 +61,14 @@ def corrupt(detail: str) -> ImageRejected:
     return ImageRejected("corrupt_image", f"the NIfTI file is damaged or truncated ({detail}); export it again")
 
 
-def parse_header(data: bytes, *, max_voxels: int, max_bytes: int) -> NiftiHeader:
+def parse_header(data: bytes, *, max_voxels: int, max_bytes: int, max_extensions: int | None = None) -> NiftiHeader:
     """Check the raw header of an upload.
 
     Raises:
         ImageRejected: not a single-file NIfTI, an impossible header, an unsupported data type,
-            or a volume above ``max_voxels`` (3-D, per frame) / ``max_bytes`` (the inflated file).
+            a volume above ``max_voxels`` (3-D, per frame) / ``max_bytes`` (the inflated file), an
+            uncompressed file shorter than its header declares, or more than ``max_extensions``
+            header extensions.
     """
     prefix = header_prefix(data)
     kind = nifti_header_kind(prefix)
@@ -111,7 +113,39 @@ def parse_header(data: bytes, *, max_voxels: int, max_bytes: int) -> NiftiHeader
             f"the NIfTI volume has {list(shape)} voxels ({header.file_bytes} bytes); the limits are {max_voxels} "
             f"voxels per volume and {max_bytes} bytes per file, crop or downsample it first",
         )
+    _check_stored(data, prefix, header, max_extensions)
     return header
+
+
+def _check_stored(data: bytes, prefix: bytes, header: NiftiHeader, max_extensions: int | None) -> None:
+    """What a header declares against what the file holds, before anything is inflated or allocated."""
+    if not data.startswith(GZIP_MAGIC) and len(data) < header.file_bytes:
+        raise corrupt(f"{len(data)} bytes of {header.file_bytes} declared")
+    header_size = 348 if header.version == 1 else NIFTI2_HEADER_SIZE
+    if max_extensions is not None and prefix[header_size:header_size + 1] not in (b"", b"\0"):
+        _check_extensions(data, header_size, header.vox_offset, header.byte_order, max_extensions)
+
+
+def _check_extensions(data: bytes, header_size: int, vox_offset: int, order: str, max_extensions: int) -> None:
+    """Count the header extensions as nibabel walks them (it builds an object per extension), up to the limit.
+
+    Only the bytes up to ``vox_offset`` (at most MAX_VOX_OFFSET) are inflated for this.
+    """
+    region = header_prefix(data, vox_offset) if data.startswith(GZIP_MAGIC) else data  # no copy of a raw file
+    pos, left, count = header_size + 4, vox_offset - header_size - 4, 0
+    while left >= 16 and pos + 8 <= len(region):
+        count += 1
+        if count > max_extensions:
+            raise ImageRejected(
+                "unsupported_format",
+                f"the NIfTI header has more than {max_extensions} extensions (max_nifti_extensions); "
+                "save it without extensions",
+            )
+        esize = struct.unpack_from(order + "i", region, pos)[0]
+        if esize < 8:
+            raise corrupt(f"header extension of {esize} bytes")
+        pos += esize
+        left -= esize
 
 
 def _raw_fields(prefix: bytes, version: int, order: str) -> tuple[tuple[int, ...], int, int, int]:

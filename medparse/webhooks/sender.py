@@ -11,6 +11,10 @@ never follows redirects (a 3xx is a failed attempt), keeps no cookie jar (one re
 otherwise plant cookies sent to another tenant's receiver on the same IP), reads no proxy from the
 environment, and does not log the URL (its query may carry the receiver's own token). The
 response body is never read.
+
+Each attempt has a wall-clock deadline (``attempt_deadline_s``: connect, TLS, sending the request
+and the response headers, medparse/http_deadline.py), so a receiver that trickles its answer one
+byte at a time is a failed attempt like any other timeout, never a worker thread held for minutes.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from enum import StrEnum
 
 import httpx
 
+from medparse.http_deadline import deadline_in, deadline_transport
 from medparse.webhooks.schedule import parse_retry_after
 from medparse.webhooks.ssrf import Resolver, Target, UnsafeTarget, parse_target, resolve_target
 
@@ -75,13 +80,16 @@ class WebhookSender:
         *,
         timeout_s: float,
         allow_private: bool,
+        attempt_deadline_s: float | None = None,
         resolver: Resolver | None = None,
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._allow_private = allow_private
         self._resolver = resolver
         self._timeout = httpx.Timeout(timeout_s).as_dict()
-        self._transport = httpx.HTTPTransport(
+        #: None (tests of other behaviour only): each phase bounded by timeout_s alone
+        self._deadline_s = attempt_deadline_s
+        self._transport = deadline_transport(
             verify=verify, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
         )
 
@@ -115,9 +123,16 @@ class WebhookSender:
             extensions=extensions,
         )
         try:
-            response = self._transport.handle_request(request)
-            response.close()
+            if self._deadline_s is None:
+                response = self._transport.handle_request(request)
+            else:
+                with deadline_in(self._deadline_s):
+                    response = self._transport.handle_request(request)
+            response.close()  # unread: closing a connection without keep-alive reads nothing more
         except httpx.TimeoutException as exc:
+            if self._deadline_s is not None and time.monotonic() - started >= self._deadline_s - 0.05:
+                return result(Outcome.failed, None, f"timeout: no answer within the attempt deadline of "
+                              f"{self._deadline_s:g} s ({type(exc).__name__})")
             return result(Outcome.failed, None, f"timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:
             return result(Outcome.failed, None, f"connection error: {type(exc).__name__}")

@@ -80,6 +80,7 @@ class Cluster:
         self.emulator: subprocess.Popen[bytes] | None = None
         self.gateway: subprocess.Popen[bytes] | None = None
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.webhook_worker: subprocess.Popen[bytes] | None = None
         self.image, _ = organ_image(96, 80)
         #: where every job's terminal events go (set by tests that check webhook delivery)
         self.webhook_url: str | None = None
@@ -118,9 +119,13 @@ class Cluster:
         self.start_gateway()
         for n in range(workers):
             self.start_worker(n)
+        # Webhooks are delivered by their own worker role (its own queue and threads).
+        self.webhook_worker = start(
+            ["worker", "--role", "webhooks", "--concurrency", "2"], self.env, self.tmp / "webhook-worker.log"
+        )
 
     def stop_all(self) -> None:
-        for proc in [*self.workers.values(), self.gateway, self.emulator]:
+        for proc in [*self.workers.values(), self.webhook_worker, self.gateway, self.emulator]:
             if proc is not None:
                 stop(proc)
 

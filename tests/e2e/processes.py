@@ -78,8 +78,8 @@ def emulator_process(tmp: Path, key: str, *extra: str) -> Iterator[str]:
 def service_processes(
     settings: Settings, emulator_url: str, emulator_key: str, tmp: Path, *, concurrency: int = 2, **extra_env: str
 ) -> Iterator[str]:
-    """A gateway and one worker process for ``settings`` (plus ``extra_env`` settings); yields the
-    gateway's base URL."""
+    """A gateway, one segmentation worker and one webhook worker process for ``settings`` (plus
+    ``extra_env`` settings); yields the gateway's base URL."""
     port = free_port()
     env = settings_env(settings, **{
         "MEDPARSE_PORT": str(port),
@@ -90,9 +90,12 @@ def service_processes(
     })
     gateway = start(["serve"], env, tmp / "gateway.log")
     worker = start(["worker", "--concurrency", str(concurrency)], env, tmp / "worker.log")
+    # Webhooks are delivered by their own worker role (its own queue and threads).
+    webhook_worker = start(["worker", "--role", "webhooks", "--concurrency", "2"], env, tmp / "webhook-worker.log")
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=gateway)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(gateway)
         stop(worker)
+        stop(webhook_worker)

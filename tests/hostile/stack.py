@@ -1,7 +1,9 @@
 """A production-shape stack in real processes for attacks, and what the attacks are measured with.
 
-``medparse serve --processes 2``, one Celery worker (threads pool), the endpoint emulator, a
-throwaway Postgres database and Redis namespace. Each hostile test attacks it over real HTTP and
+``medparse serve --processes 2``, a segmentation worker and a webhook worker (threads pools), the
+endpoint emulator, a throwaway Postgres database and Redis namespace; the gateway logs in as a
+member of ``medparse_app`` and the workers as a member of ``medparse_system`` (never the owner or a
+superuser), as in production. Each hostile test attacks it over real HTTP and
 then checks what the issue asks of every attack: the answer, that ``/healthz`` kept answering
 within a second (``HealthWatch``), that the gateway processes are alive or were replaced, the
 peak RSS of the processes (``peak_rss_mb``, read from the kernel, not from our settings) and that
@@ -22,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
+from sqlalchemy.engine import make_url
 
 from medparse.cli import create_tenant
 from medparse.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.factories import organ_image
+from tests.support.throwaway import admin_conninfo
 
 TERMINAL = ("succeeded", "failed", "canceled")
 #: The stack's own defaults: quick sweeps and generous rate limits, so that what a test measures is
@@ -215,27 +220,62 @@ class Stack:
 
 
 @contextlib.contextmanager
+def login_roles(settings: Settings) -> Iterator[dict[str, str]]:
+    """Two throwaway login roles (roles are cluster-wide, so unique names, dropped afterwards):
+    ``MEDPARSE_DATABASE_URL`` for a member of ``medparse_app`` (the gateway's) and one for a member of
+    ``medparse_system`` (the workers'), neither a superuser nor able to bypass row-level security."""
+    assert settings.database_url is not None
+    names = {group: f"mp_stack_{group}_{uuid.uuid4().hex[:8]}" for group in ("app", "system")}
+    with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
+        for group, name in names.items():
+            conn.execute(f"CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE medparse_{group}")
+    url = make_url(settings.database_url)
+    try:
+        yield {group: url.set(username=name, password=None).render_as_string(hide_password=False)
+               for group, name in names.items()}
+    finally:
+        with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
+            for name in names.values():
+                conn.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+@contextlib.contextmanager
 def running_stack(settings: Settings, tmp: Path, **env: str) -> Iterator[Stack]:
-    """The whole stack for ``settings`` (a migrated throwaway database and Redis namespace)."""
+    """The whole stack for ``settings`` (a migrated throwaway database and Redis namespace); ``env``
+    (extra ``MEDPARSE_*`` settings) goes to the gateway and the workers alike."""
+    with login_roles(settings) as urls:
+        gateway_env = {"MEDPARSE_DATABASE_URL": urls["app"], **env}
+        worker_env = {"MEDPARSE_DATABASE_URL": urls["system"], "MEDPARSE_SYSTEM_DATABASE_URL": urls["system"], **env}
+        with _processes(settings, tmp, gateway_env, worker_env) as stack:
+            yield stack
+
+
+@contextlib.contextmanager
+def _processes(
+    settings: Settings, tmp: Path, gateway_env: dict[str, str], worker_env: dict[str, str]
+) -> Iterator[Stack]:
     emulator_key = secrets.token_urlsafe(16)
     emulator_port = free_port()
     emulator_env = {**settings_env(settings), "MEDPARSE_EMULATOR_KEY": emulator_key}
     emulator = start(["emulator", "--port", str(emulator_port)], emulator_env, tmp / "emulator.log")
     emulator_url = f"http://127.0.0.1:{emulator_port}"
     port = free_port()
-    service_env = settings_env(settings, **{
+    common = {
         **STACK_ENV,
         "MEDPARSE_GATEWAY_PROCESSES": "2",
         "MEDPARSE_PORT": str(port),
         "MEDPARSE_ENDPOINT_SCORING_URI": f"{emulator_url}/score",
         "MEDPARSE_ENDPOINT_KEY": emulator_key,
-        **env,
-    })
+    }
+    service_env = settings_env(settings, **{**common, **gateway_env})
+    workers_env = settings_env(settings, **{**common, **worker_env})
     gateway = start(["serve"], service_env, tmp / "gateway.log")
-    worker = start(["worker", "--concurrency", "4"], service_env, tmp / "worker.log")
+    worker = start(["worker", "--concurrency", "4"], workers_env, tmp / "worker.log")
+    webhook_worker = start(["worker", "--role", "webhooks", "--concurrency", "4"], workers_env,
+                           tmp / "webhook-worker.log")
     stack = Stack(
         base_url=f"http://127.0.0.1:{port}", settings=settings, tmp=tmp, emulator_url=emulator_url,
-        emulator_key=emulator_key, gateway=gateway, workers=[worker],
+        emulator_key=emulator_key, gateway=gateway, workers=[worker, webhook_worker],
     )
     try:
         wait_http(f"{emulator_url}/", proc=emulator)

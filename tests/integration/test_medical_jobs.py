@@ -444,5 +444,7 @@ async def test_another_tenants_result_is_404_and_unknown_formats_are_400(
         flags = conn.execute(text(
             "SELECT relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = 'job_medical'"
         )).one()
-        policy = conn.execute(text("SELECT qual FROM pg_policies WHERE tablename = 'job_medical'")).scalar_one()
+        policy = conn.execute(text(
+            "SELECT qual FROM pg_policies WHERE tablename = 'job_medical' AND policyname = 'tenant_isolation'"
+        )).scalar_one()
     assert tuple(flags) == (True, True) and "jobs" in policy

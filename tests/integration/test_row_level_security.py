@@ -143,3 +143,171 @@ async def test_the_gateway_works_under_row_level_security(pg_settings: Settings,
         assert deliveries.status == 200
         theirs = await api.get(f"/v1/jobs/{job['id']}/deliveries", headers={"Authorization": f"Bearer {other}"})
         assert theirs.status == 404
+
+
+# --- Row-level security that no session setting switches off (issue 12, migration 0007) ---------
+#
+# The gateway's role picks the tenant of each transaction (medparse.tenant_id): what RLS adds is
+# that a query which forgot its tenant, or a session that sets any other GUC, changes role or
+# resets, sees and writes no other tenant's rows. Cross-tenant access is a property of the login
+# role (a member of medparse_system), never of a setting.
+
+
+@pytest.fixture
+def system_role(pg_settings: Settings) -> Iterator[str]:
+    """A login role in medparse_system, as the workers use (MEDPARSE_SYSTEM_DATABASE_URL)."""
+    role = f"medparse_sys_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE medparse_system")
+    try:
+        yield role
+    finally:
+        with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _owner_conninfo(settings: Settings) -> str:
+    assert settings.database_url is not None
+    return make_url(settings.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _as(settings: Settings, role: str) -> Settings:
+    assert settings.database_url is not None
+    url = make_url(settings.database_url).set(username=role, password=None).render_as_string(hide_password=False)
+    return settings.model_copy(update={"database_url": url})
+
+
+#: Things a session may try in order to see every tenant; each runs in its own transaction.
+WIDENING_ATTEMPTS = (
+    "SET medparse.scope = 'system'",
+    "SET SESSION medparse.scope = 'system'",
+    "SELECT set_config('medparse.scope', 'system', false)",
+    "SELECT set_config('medparse.scope', 'system', true)",
+    "RESET ROLE",
+    "RESET ALL",
+)
+
+
+@pytest.mark.parametrize("attempt", WIDENING_ATTEMPTS)
+def test_no_session_setting_lets_the_app_role_see_or_write_another_tenant(
+    pg_settings: Settings, app_role: str, attempt: str
+) -> None:
+    tenant_a, _ = new_tenant(pg_settings)
+    tenant_b, _ = new_tenant(pg_settings)
+    job_a = _new_job(pg_settings, tenant_a)
+    job_b = _new_job(pg_settings, tenant_b)
+    with psycopg.connect(_conninfo(pg_settings, app_role), autocommit=True) as conn:
+        conn.execute("SET medparse.scope = 'system'")  # for the whole session, before the attempt
+        conn.execute(attempt)
+        with conn.transaction():
+            assert conn.execute("SELECT id FROM jobs").fetchall() == []
+            assert conn.execute("SELECT job_id FROM job_inputs").fetchall() == []
+            assert conn.execute("UPDATE jobs SET priority = 9 WHERE id = %s", (job_b,)).rowcount == 0
+            assert conn.execute("DELETE FROM job_inputs WHERE job_id = %s", (job_b,)).rowcount == 0
+        with conn.transaction():
+            conn.execute(attempt)
+            conn.execute("SELECT set_config('medparse.tenant_id', %s, true)", (str(tenant_a),))
+            assert conn.execute("SELECT id FROM jobs").fetchall() == [(job_a,)]
+            assert conn.execute("DELETE FROM jobs WHERE id = %s", (job_b,)).rowcount == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"), conn.transaction():
+            conn.execute("SELECT set_config('medparse.tenant_id', %s, true)", (str(tenant_a),))
+            conn.execute("UPDATE jobs SET tenant_id = %s WHERE id = %s", (tenant_b, job_a))
+    with psycopg.connect(_owner_conninfo(pg_settings)) as admin:
+        assert admin.execute("SELECT priority FROM jobs WHERE id = %s", (job_b,)).fetchone() == (0,)
+        assert admin.execute("SELECT count(*) FROM job_inputs WHERE job_id = %s", (job_b,)).fetchone() == (1,)
+
+
+@pytest.mark.parametrize("statement", [
+    "SET ROLE medparse_system",
+    "SET ROLE postgres",
+    "SET SESSION AUTHORIZATION postgres",
+    "ALTER TABLE jobs DISABLE ROW LEVEL SECURITY",
+    "ALTER TABLE jobs NO FORCE ROW LEVEL SECURITY",
+    "DROP POLICY tenant_isolation ON jobs",
+    "CREATE POLICY everything ON jobs USING (true)",
+    "ALTER ROLE CURRENT_USER BYPASSRLS",
+    "GRANT medparse_system TO CURRENT_USER",
+    "CREATE TABLE forged (tenant_id uuid, input_bytes bigint)",
+    "ALTER TABLE jobs DISABLE TRIGGER usage_jobs_inserted",
+    "UPDATE tenant_usage SET stored_bytes = 0",
+])
+def test_the_app_role_cannot_become_another_role_or_change_the_policies(
+    pg_settings: Settings, app_role: str, statement: str
+) -> None:
+    with psycopg.connect(_conninfo(pg_settings, app_role), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+
+
+def test_a_malformed_or_double_tenant_id_shows_nothing(pg_settings: Settings, app_role: str) -> None:
+    tenant_a, _ = new_tenant(pg_settings)
+    tenant_b, _ = new_tenant(pg_settings)
+    _new_job(pg_settings, tenant_a)
+    _new_job(pg_settings, tenant_b)
+    with psycopg.connect(_conninfo(pg_settings, app_role), autocommit=True) as conn:
+        for value in (f"{tenant_a},{tenant_b}", f"{tenant_a}' OR true --", "*"):
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation), conn.transaction():
+                conn.execute("SELECT set_config('medparse.tenant_id', %s, true)", (value,))
+                conn.execute("SELECT id FROM jobs")
+        with conn.transaction():
+            conn.execute("SELECT set_config('medparse.tenant_id', '', true)")
+            assert conn.execute("SELECT id FROM jobs").fetchall() == []
+        # row_security = off does not lift the policies: it makes a query they would filter fail.
+        conn.execute("SET row_security = off")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            conn.execute("SELECT id FROM jobs")
+
+
+def test_the_system_role_sees_every_tenant_without_any_setting(pg_settings: Settings, system_role: str) -> None:
+    tenant_a, _ = new_tenant(pg_settings)
+    tenant_b, _ = new_tenant(pg_settings)
+    jobs = {_new_job(pg_settings, tenant_a), _new_job(pg_settings, tenant_b)}
+    with psycopg.connect(_conninfo(pg_settings, system_role)) as conn:
+        assert {r[0] for r in conn.execute("SELECT id FROM jobs")} == jobs
+        assert {r[0] for r in conn.execute("SELECT job_id FROM job_inputs")} == jobs
+        assert conn.execute("UPDATE jobs SET priority = 1").rowcount == 2
+        bypass = conn.execute("SELECT rolbypassrls, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert bypass == (False, False)  # by policy, not by attribute
+
+
+def test_the_audit_log_is_append_only_for_both_roles(pg_settings: Settings, app_role: str, system_role: str) -> None:
+    insert = "INSERT INTO audit_log (at, actor, action) VALUES (now(), 'key', 'job.delete')"
+    tenant_a, _ = new_tenant(pg_settings)
+    tenant_b, _ = new_tenant(pg_settings)
+    insert_for = "INSERT INTO audit_log (at, actor, action, tenant_id) VALUES (now(), 'key', 'job.delete', %s)"
+    with psycopg.connect(_conninfo(pg_settings, app_role), autocommit=True) as conn:
+        conn.execute(insert)
+        conn.execute(insert_for, (tenant_a,))
+        conn.execute(insert_for, (tenant_b,))
+        conn.execute("SET medparse.scope = 'system'")
+        assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == (0,)  # no tenant: nothing
+        with conn.transaction():
+            conn.execute("SELECT set_config('medparse.tenant_id', %s, true)", (str(tenant_a),))
+            # the CLI's tenant.create and key.mint (tests.factories.new_tenant), and ours
+            assert conn.execute("SELECT DISTINCT tenant_id FROM audit_log").fetchall() == [(tenant_a,)]
+            assert conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'key'").fetchone() == (1,)
+        for statement in ("UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with psycopg.connect(_conninfo(pg_settings, system_role), autocommit=True) as conn:
+        conn.execute(insert)
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'key'").fetchone() == (4,)
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'cli'").fetchone() == (4,)
+        for statement in ("UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_the_app_role_reads_but_cannot_reset_its_stored_bytes(pg_settings: Settings, app_role: str) -> None:
+    tenant_a, _ = new_tenant(pg_settings)
+    tenant_b, _ = new_tenant(pg_settings)
+    _new_job(pg_settings, tenant_a)
+    _new_job(pg_settings, tenant_b)
+    with psycopg.connect(_conninfo(pg_settings, app_role), autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT set_config('medparse.tenant_id', %s, true)", (str(tenant_a),))
+        assert conn.execute("SELECT tenant_id, stored_bytes FROM tenant_usage").fetchall() == [
+            (tenant_a, len(b"png bytes"))
+        ]
+        for statement in ("UPDATE tenant_usage SET stored_bytes = 0", "DELETE FROM tenant_usage"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(statement)

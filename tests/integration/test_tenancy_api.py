@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
 from sqlalchemy import update
 
 from db.engine import make_sync_engine
@@ -19,10 +21,15 @@ from medparse.cli import create_tenant
 from medparse.settings import Settings
 from tests.factories import new_tenant, organ_image, random_name
 
+#: The operator's bearer token; the server is configured with its SHA-256 only.
+OPERATOR_TOKEN = "op-" + "7" * 40
+
 
 @pytest.fixture
 async def api(pg_settings: Settings) -> AsyncIterator[TestClient]:
-    async with TestClient(TestServer(create_app(pg_settings))) as client:
+    digest = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
+    settings = pg_settings.model_copy(update={"operator_token_sha256": SecretStr(digest)})
+    async with TestClient(TestServer(create_app(settings))) as client:
         yield client
 
 
@@ -138,7 +145,7 @@ async def test_a_failed_request_frees_its_idempotency_key(api: TestClient, pg_se
 async def test_admin_api_manages_tenants_and_keys_and_revocation_is_immediate(
     api: TestClient, pg_settings: Settings
 ) -> None:
-    _, admin = create_tenant(pg_settings, random_name("ops"), scopes=["admin", "jobs:read", "jobs:write"])
+    admin = OPERATOR_TOKEN  # tenants and quotas are the operator's (tests/integration/test_admin_roles.py)
     _, plain = new_tenant(pg_settings)
     assert (await api.get("/v1/admin/tenants", headers=auth(plain))).status == 403
     name = random_name("lab")
@@ -165,7 +172,7 @@ async def test_admin_api_manages_tenants_and_keys_and_revocation_is_immediate(
 
 
 async def test_an_expired_key_is_refused(api: TestClient, pg_settings: Settings) -> None:
-    _, admin = create_tenant(pg_settings, random_name("ops"), scopes=["admin"])
+    admin = OPERATOR_TOKEN
     tenant = await (await api.post("/v1/admin/tenants", json={"name": random_name()}, headers=auth(admin))).json()
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     issued = await (await api.post(

@@ -9,6 +9,8 @@ Every POST is recorded with its raw body and headers. Behaviour is chosen by pat
     /slow/<s>      sleeps <s> seconds, then 200
     /throttle      429 with Retry-After: 1
     /status/<c>    answers with status <c>
+    /trickle/<s>   sends its answer's head one byte every <s> seconds, never finishing, until the
+                   sender hangs up (a per-read timeout longer than <s> never fires)
 
     with running_receiver() as receiver:
         url = receiver.url("/ok")
@@ -81,7 +83,22 @@ class Receiver:
             return web.Response(status=429, headers={"Retry-After": "1"})
         if kind == "status":
             return web.Response(status=int(parts[1]))
+        if kind == "trickle":
+            await _trickle(request, float(parts[1]))
+            return web.Response(status=499)  # goes nowhere: the sender has hung up
         return web.Response(status=200, text="ok")
+
+
+_TRICKLE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-trickle: "
+
+
+async def _trickle(request: web.Request, interval_s: float) -> None:
+    transport = request.transport
+    sent = 0
+    while transport is not None and not transport.is_closing():
+        transport.write(_TRICKLE_HEAD[sent:sent + 1] if sent < len(_TRICKLE_HEAD) else b"a")
+        sent += 1
+        await asyncio.sleep(interval_s)
 
 
 class _ServerThread(threading.Thread):

@@ -58,7 +58,10 @@ class _Client3D:
 
 
 def _context(client_3d: Any = None) -> WorkerContext:
-    context = SimpleNamespace(settings=SETTINGS, batcher=_Batcher(), client=_Client(), client_3d=client_3d)
+    # decoder=None: the input is read in this process, where the counters below can see it
+    context = SimpleNamespace(
+        settings=SETTINGS, batcher=_Batcher(), client=_Client(), client_3d=client_3d, decoder=None,
+    )
     return cast(WorkerContext, context)
 
 
