@@ -3,6 +3,7 @@
 For every attack it prints the answer (status and problem code), how long the answer took, the
 longest ``/healthz`` answer meanwhile (probed every 0.1 s on fresh connections), the peak RSS of the
 gateway processes and of the worker (VmHWM read from the kernel: the most any of them ever held),
+the peak RSS of the processes they started (the decode processes, bounded by their own limits),
 whether every gateway process is still the one it was, and how long another tenant's small job took
 end to end right after the attack. Run it on a checkout before and after a change to compare; the
 baseline of each row is the same stack's idle peak RSS, printed first.
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 from medparse.migrate import upgrade  # noqa: E402
 from medparse.settings import Settings  # noqa: E402
-from tests.hostile.stack import HealthWatch, Stack, peak_rss_mb, running_stack  # noqa: E402
+from tests.hostile.stack import HealthWatch, Stack, descendants_of, peak_rss_mb, running_stack  # noqa: E402
 from tests.support import medical_files as files  # noqa: E402
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
 
@@ -65,6 +66,9 @@ def run_attack(name: str, settings: Settings, tmp: Path) -> None:
         with HealthWatch(stack.base_url) as watch, ThreadPoolExecutor(copies) as pool:
             answers = list(pool.map(lambda _: _post(stack, key, data, filename, options), range(copies)))
         gateway_peak = max(peak_rss_mb(pid) for pid in gateway_pids)
+        # The processes they started (decode processes, their fork server): alive still, so measurable.
+        helpers = [pid for parent in [*gateway_pids, worker_pid] for pid in descendants_of(parent)]
+        helper_peak = max((peak_rss_mb(pid) for pid in helpers), default=0.0)
         same = stack.gateway_pids() == gateway_pids and stack.gateway.poll() is None
         began = time.monotonic()
         try:
@@ -78,6 +82,7 @@ def run_attack(name: str, settings: Settings, tmp: Path) -> None:
             f"{name:26} {len(data) / 1024:9.0f} KiB  x{copies:<2}  answer {', '.join(statuses):32} "
             f"in {slowest:6.2f} s  /healthz max {watch.max_latency_s:5.2f} s ({len(watch.failures)} failed)  "
             f"gateway peak {gateway_peak:7.0f} MiB (idle {idle:4.0f})  worker peak {peak_rss_mb(worker_pid):6.0f} MiB  "
+            f"their helpers' peak {helper_peak:5.0f} MiB ({len(helpers)})  "
             f"gateway processes {'unchanged' if same else 'CHANGED'}  other tenant's job {other}",
             flush=True,
         )
