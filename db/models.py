@@ -78,6 +78,8 @@ class AuditLog(Base):
         Index("ix__audit_log__tenant_id_at", "tenant_id", "at"),
         Index("ix__audit_log__job_id", "job_id"),
         Index("ix__audit_log__at", "at"),
+        # PostgreSQL only (migration 0008_audit_hardening), with a trigger that sets ``at`` to now()
+        CheckConstraint("actor IN ('key', 'operator', 'cli')", name="actor_known"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True)

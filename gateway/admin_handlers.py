@@ -65,6 +65,11 @@ async def create_key(request: web.Request) -> web.Response:
         raise ApiProblem(
             403, "scope_not_held", f"scopes: {message}", fields=[{"field": "scopes", "message": message}]
         )
+    if isinstance(who, Principal) and who.expires_at is not None and (
+        body.expires_at is None or body.expires_at > who.expires_at
+    ):
+        # Nor outliving itself: a stolen short-lived admin key must not mint a key that never expires.
+        body = body.model_copy(update={"expires_at": who.expires_at})
     return json_response(await services.create_key(request.app[ENGINE], tenant_id, body), status=201)
 
 

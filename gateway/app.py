@@ -17,6 +17,7 @@ from gateway.idempotency import idempotency_middleware
 from gateway.job_writer import JobWriter
 from gateway.keys import (
     AUTH_CACHE,
+    CONCURRENT_REQUESTS,
     DECODE_POOL,
     ENGINE,
     EVENTS,
@@ -27,7 +28,7 @@ from gateway.keys import (
     SETTINGS,
 )
 from gateway.middleware import auth_middleware, body_deadline_middleware, problems_middleware
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import ConcurrentRequests, RateLimiter
 from gateway.routes import setup_routes
 from gateway.tenancy import QueuedJobsGauge
 from medparse.decode_pool import DEFAULT_PRELOAD, DecodePool
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[AUTH_CACHE] = AuthCache(settings.auth_cache_ttl_s)
+    app[CONCURRENT_REQUESTS] = ConcurrentRequests(settings.tenant_max_concurrent_requests)
     app[QUEUED_GAUGE] = QueuedJobsGauge()
     app.cleanup_ctx.extend([_database, _nudger, _rate_limiter, _events, _decode_pool])
     setup_routes(app)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.audit import INSERT_ENTRY, AuditEntry, select_entries
 from gateway.auth import OPERATOR, PRINCIPAL, operator
+from gateway.handlers import bounded_int
 from gateway.keys import ENGINE
 from gateway.problems import field_error
 from gateway.tenancy import tenant_transaction
@@ -138,16 +139,15 @@ def _query_since(request: web.Request) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw)
-    except ValueError:
+        # In UTC here: year 1 at +14:00 has no UTC instant (asyncpg's OverflowError was a 500).
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         raise field_error("since", "an ISO 8601 date or date-time", status=400) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _query_limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise field_error("limit", f"an integer from 1 to {MAX_LIMIT}", status=400)
-    return int(raw)
+    # bounded_int: str.isdigit() admitted '²', which int() refuses (a 500), and 5000 digits
+    return bounded_int(request.query.get("limit", "100"), "limit", 1, MAX_LIMIT)
 
 
 MAX_LIMIT = 1000

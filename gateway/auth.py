@@ -42,6 +42,8 @@ class Principal:
     key_id: str
     scopes: frozenset[str]
     quotas: TenantQuotas
+    #: when this key stops working (None: never); keys it mints expire no later
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ async def authenticate(
         key_id=parsed.key_id,
         scopes=frozenset(row["scopes"]),
         quotas=TenantQuotas.from_row(row, settings),
+        expires_at=expires_at,
     )
     cache.put(authorization, who, expires_at)
     return who

@@ -9,7 +9,7 @@ from gateway.auth import AuthCache
 from gateway.dispatch import DispatchNudger
 from gateway.events import JobEventListener
 from gateway.job_writer import JobWriter
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import ConcurrentRequests, RateLimiter
 from gateway.tenancy import QueuedJobsGauge
 from medparse.decode_pool import DecodePool
 from medparse.settings import Settings
@@ -19,6 +19,7 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 NUDGER = web.AppKey("nudger", DispatchNudger)
 EVENTS = web.AppKey("events", JobEventListener)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+CONCURRENT_REQUESTS = web.AppKey("concurrent_requests", ConcurrentRequests)
 AUTH_CACHE = web.AppKey("auth_cache", AuthCache)
 QUEUED_GAUGE = web.AppKey("queued_gauge", QueuedJobsGauge)
 JOB_WRITER = web.AppKey("job_writer", JobWriter)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from gateway.auth import OPERATOR, PRINCIPAL, Operator, authenticate
-from gateway.keys import AUTH_CACHE, ENGINE, RATE_LIMITER, SETTINGS
+from gateway.keys import AUTH_CACHE, CONCURRENT_REQUESTS, ENGINE, RATE_LIMITER, SETTINGS
 from gateway.problems import ApiProblem, problem_response
 from gateway.ratelimit import retry_after_header
 
@@ -126,7 +126,8 @@ async def problems_middleware(request: web.Request, handler: Handler) -> web.Str
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Who is calling (401 otherwise), and within their tenant's request rate (429 otherwise)."""
+    """Who is calling (401 otherwise), within their tenant's request rate and its requests in progress
+    (429 otherwise)."""
     if request.path.startswith("/v1/"):
         who = await authenticate(
             request.app[ENGINE], request.app[SETTINGS], request.headers.get("Authorization"), request.app[AUTH_CACHE]
@@ -144,4 +145,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 headers={"Retry-After": retry_after_header(decision.retry_after_s)},
             )
         request[PRINCIPAL] = who
+        with request.app[CONCURRENT_REQUESTS].hold(who.tenant_id):
+            return await handler(request)
     return await handler(request)

@@ -1,4 +1,5 @@
-"""Per-tenant request rate limit: a token bucket (in Redis, shared by every gateway process).
+"""Per-tenant request rate limit: a token bucket (in Redis, shared by every gateway process), and a cap on
+a tenant's requests in progress per gateway process (``ConcurrentRequests``).
 
 Each tenant's bucket holds up to ``burst`` tokens and refills at ``rate`` per second; a request
 takes one token or is refused with ``429`` and a ``Retry-After`` of the time until the next token.
@@ -9,10 +10,13 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from gateway.problems import ApiProblem
 from medparse.settings import Settings
 
 # Server time (TIME) keeps buckets consistent across gateway hosts whose clocks differ.
@@ -87,3 +91,34 @@ class RateLimiter:
 
 def retry_after_header(seconds: float) -> str:
     return str(max(1, math.ceil(seconds)))
+
+
+class ConcurrentRequests:
+    """Requests of each tenant in their handlers in this gateway process, at most ``limit`` (0: no limit).
+
+    One event loop per process: plain counters need no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[uuid.UUID, int] = {}
+
+    @contextmanager
+    def hold(self, tenant_id: uuid.UUID) -> Iterator[None]:
+        """Raises: ApiProblem: 429 when the tenant already has ``limit`` requests in progress here."""
+        count = self._counts.get(tenant_id, 0)
+        if self.limit and count >= self.limit:
+            raise ApiProblem(
+                429, "too_many_concurrent_requests",
+                f"this tenant already has {count} requests in progress (limit {self.limit}); retry when some ended",
+                headers={"Retry-After": "1"},
+            )
+        self._counts[tenant_id] = count + 1
+        try:
+            yield
+        finally:
+            left = self._counts[tenant_id] - 1
+            if left:
+                self._counts[tenant_id] = left
+            else:
+                del self._counts[tenant_id]

@@ -35,6 +35,8 @@ from medparse import imaging, masks
 from medparse.decode_pool import DecodeBusy, DecodeLimitExceeded
 from medparse.job_links import is_volume
 from medparse.medical import dicom, geometry, inputs, nifti, volumes
+from medparse.medical.errors import OptionRejected
+from medparse.medical.formats import sniff_medical
 from medparse.outputs import archive, overlay, rle
 from medparse.outputs.dicom_seg import SegUnavailable, dicom_seg_bytes
 from medparse.settings import Settings
@@ -108,6 +110,9 @@ async def get_result(request: web.Request) -> web.Response:
         raise services.decode_busy_problem(exc) from None
     except DecodeLimitExceeded as exc:
         raise ApiProblem(422, exc.code, f"result: {exc.message}") from None
+    except (imaging.ImageRejected, OptionRejected) as exc:  # the input no longer reads under today's limits
+        message = exc.message if isinstance(exc, imaging.ImageRejected) else f"{exc.field}: {exc.message}"
+        raise ApiProblem(409, "result_unavailable", f"result: the job's input cannot be read now: {message}") from None
     headers = {
         "Content-Disposition": f'attachment; filename="{rendered.filename}"',
         "Medparse-Provenance": _provenance_header(loaded.provenance),
@@ -237,7 +242,7 @@ def _overlay(loaded: Loaded, mask: int | None, slice_: int | None, settings: Set
     options = loaded.row.get("options") or {}
     headers: dict[str, str] = {}
     if loaded.image_masks is not None:
-        pixels = imaging.load_pixels(loaded.image, max_pixels=settings.max_image_pixels, options=options)
+        pixels = _input_pixels(loaded.image, options, settings)
         shown = loaded.image_masks[chosen]
         name = f"{job_id}-overlay.png"
     else:
@@ -250,6 +255,16 @@ def _overlay(loaded: Loaded, mask: int | None, slice_: int | None, settings: Set
     legend = [(loaded.summaries[i]["prompt"], loaded.summaries[i]["label"]) for i in chosen]
     body = overlay.overlay_png(pixels, shown, legend, overlay.provenance_text(loaded.provenance))
     return Rendered(body, "image/png", name, headers)
+
+
+def _input_pixels(image: bytes, options: dict[str, Any], settings: Settings) -> np.ndarray:
+    """A 2-D job's input as 8-bit pixels; a DICOM read within the settings' limits, as the probe and the worker
+    read it (``imaging.load_pixels`` would apply the default ``max_dicom_*``)."""
+    if sniff_medical(image) != "dicom":
+        return imaging.load_pixels(image, max_pixels=settings.max_image_pixels, options=options)
+    limits = inputs.Limits.from_settings(settings)
+    upload = inputs.DicomUpload.open(image, options, max_pixels=limits.max_pixels, dicom_limits=limits.dicom)
+    return upload.load_2d()[0]
 
 
 def _nifti(loaded: Loaded, mask: int | None, job_id: str) -> Rendered:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import binascii
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pybase64
 from aiohttp import BodyPartReader, web
@@ -19,6 +21,8 @@ from gateway.problems import ApiProblem, field_error
 from gateway.schemas import JobCreateJson, JobOptions, control_characters, url_text_problem
 from gateway.webhook_submission import JobWebhookRequest, WebhookFormFields, check_job_webhook
 from medparse.settings import Settings
+
+T = TypeVar("T")
 
 #: A job form has a handful of fields; anything far beyond that is abuse of the multipart parser.
 MAX_MULTIPART_PARTS = 12
@@ -153,10 +157,21 @@ def field_name(part: BodyPartReader) -> str | None:
     return plain.group(1) if plain else part.name
 
 
+async def _multipart_step(step: Awaitable[T]) -> T:
+    """A step of aiohttp's multipart reader, which answers a body that breaks the framing (no
+    starting boundary, another boundary, a body cut short) with a plain ValueError: a 400."""
+    try:
+        return await step
+    except ValueError:  # its message quotes body bytes: not echoed
+        raise ApiProblem(
+            400, "malformed_multipart", "multipart body could not be read: its boundaries do not frame the parts"
+        ) from None
+
+
 async def _read_part(part: BodyPartReader, limit: int, field: str) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    while chunk := await part.read_chunk(256 * 1024):
+    while chunk := await _multipart_step(part.read_chunk(256 * 1024)):
         size += len(chunk)
         if size > limit:
             raise ApiProblem(413, "payload_too_large", f"{field}: larger than {limit} bytes")
@@ -175,7 +190,7 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
     priority: str | None = None
     webhook = WebhookFormFields()
     for _ in range(MAX_MULTIPART_PARTS):
-        part = await reader.next()
+        part = await _multipart_step(reader.next())
         if part is None:
             break
         if not isinstance(part, BodyPartReader):
@@ -191,7 +206,7 @@ async def parse_multipart_submission(request: web.Request, settings: Settings) -
         elif name == "priority":
             priority = (await _read_part(part, 16, "priority")).decode("ascii", errors="replace")
         elif name is not None and webhook.accepts(name):
-            await webhook.read(part, name)
+            await _multipart_step(webhook.read(part, name))
         else:
             raise field_error(
                 str(name),

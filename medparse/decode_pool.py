@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import importlib
 import logging
 import math
@@ -111,14 +112,18 @@ INLINE_PNG_BYTES = 256 * 1024
 #: Inflated bytes (rows with their filter byte) such a PNG may declare: ~10 ms of ISA-L inflate on the
 #: event loop at most. A 256 KiB PNG can otherwise declare (and inflate to) ~260 MB.
 INLINE_PNG_RAW_BYTES = 16 * 1024 * 1024
+#: Compressed bytes of text and profile chunks (zTXt, iTXt, iCCP) such a PNG may hold: the probe inflates
+#: each (up to 1 MB, 64 MB in all, as Pillow), ~1000x its compressed size. 8 KiB holds a usual ICC profile.
+INLINE_PNG_TEXT_BYTES = 8 * 1024
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_COMPRESSED_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
 
 
 def decodes_inline(data: bytes) -> bool:
     """True for an upload cheap enough to check without a decode process: a small, plain PNG that
     ``png_probe`` answers for (non-interlaced, no ``eXIf``, so never Pillow's full decode) and that
-    declares a small inflated size. Everything else goes to the pool."""
+    declares a small inflated size, rows and text alike. Everything else goes to the pool."""
     if len(data) > INLINE_PNG_BYTES or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return False
     if len(data) < 29:
@@ -129,7 +134,24 @@ def decodes_inline(data: bytes) -> bool:
     if channels is None or interlace != 0 or b"eXIf" in data:
         return False
     raw = height * (1 + (width * channels * bit_depth + 7) // 8)
-    return raw <= INLINE_PNG_RAW_BYTES
+    if raw > INLINE_PNG_RAW_BYTES:
+        return False
+    return not any(kind in data for kind in _PNG_COMPRESSED_CHUNKS) or _png_compressed_text_bytes(data) <= (
+        INLINE_PNG_TEXT_BYTES
+    )
+
+
+def _png_compressed_text_bytes(data: bytes) -> int:
+    """Bytes of the zTXt, iTXt and iCCP chunks, from the chunk headers (lengths, no CRCs) up to IEND."""
+    pos, total = 8, 0
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"IEND":
+            break
+        if kind in _PNG_COMPRESSED_CHUNKS:
+            total += length
+        pos += 12 + length
+    return total
 
 
 # --- the child ---------------------------------------------------------------------------------
@@ -227,12 +249,18 @@ class _Child:
         return self.process.pid if self.process is not None and self.process.is_alive() else None
 
     def _start(self) -> Connection:
+        """Raises: DecodeBusy: the machine refused a process or descriptors now (EAGAIN, EMFILE)."""
         parent_end, child_end = multiprocessing.Pipe(duplex=True)
         process = self._context.Process(
             target=_child_main, args=(child_end, self._memory_limit_bytes, self._preload), daemon=True,
             name=f"medparse-decode-{self._number}",
         )
-        process.start()
+        try:
+            process.start()
+        except OSError as exc:  # the service is short of processes or files: try again later, not a 500
+            parent_end.close()
+            child_end.close()
+            raise DecodeBusy(f"no decode process could be started ({exc.strerror or exc})", 5) from exc
         child_end.close()
         self.process, self._conn = process, parent_end
         return parent_end
@@ -254,6 +282,13 @@ class _Child:
             status, payload = conn.recv()
         except (EOFError, OSError):
             raise self._died() from None
+        except DecodeLimitExceeded:
+            raise
+        except BaseException:
+            # Interrupted in the caller (prefork's soft time limit raises anywhere): the child may still answer,
+            # and that answer must never be read as the next call's. Killed; the next call gets a fresh child.
+            self.stop()
+            raise
         if status == "ok":
             return payload
         if status == "memory":
@@ -449,6 +484,14 @@ class _AsyncGate:
             chosen.granted.set_result(None)
 
 
+def _finished(gate: _AsyncGate, nbytes: int, party: Hashable, future: asyncio.Future[Any]) -> None:
+    gate.release(nbytes, party)
+    if not future.cancelled():
+        # Retrieved here: when the request went away, asyncio would log the decode's error at ERROR ("never
+        # retrieved"), message and remote traceback included, once per abandoned request.
+        future.exception()
+
+
 class DecodePool:
     """At most ``limits.processes`` decode processes, each serving one call at a time.
 
@@ -529,7 +572,7 @@ class DecodePool:
             gate.release(admitted, party)
             raise
         # A cancelled request leaves its decode running to its deadline: the slot is free only then.
-        future.add_done_callback(lambda _: gate.release(admitted, party))
+        future.add_done_callback(functools.partial(_finished, gate, admitted, party))
         return await asyncio.shield(future)
 
     def close(self) -> None:

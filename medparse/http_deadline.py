@@ -25,6 +25,8 @@ import httpcore
 import httpx
 
 _DEADLINE: ContextVar[float | None] = ContextVar("medparse_http_deadline", default=None)
+#: bytes per bounded write (see DeadlineStream.write)
+_WRITE_PIECE = 16384
 
 
 class DeadlinePassed(TimeoutError):
@@ -69,7 +71,16 @@ class DeadlineStream(httpcore.NetworkStream):
         return self._inner.read(max_bytes, _bound(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _bound(timeout, httpcore.WriteTimeout))
+        # In pieces: one write of a whole request body is many send() calls, each allowed the time
+        # that was left when the write began, so a peer reading a large body slowly would stretch a
+        # single write far past the deadline. A piece is a few sends at most (the socket is writable
+        # only with a third of its buffer free), each piece gets the time left when it starts.
+        if len(buffer) <= _WRITE_PIECE:
+            self._inner.write(buffer, _bound(timeout, httpcore.WriteTimeout))
+            return
+        view = memoryview(buffer)
+        for start in range(0, len(view), _WRITE_PIECE):
+            self._inner.write(bytes(view[start:start + _WRITE_PIECE]), _bound(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
         self._inner.close()

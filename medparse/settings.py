@@ -230,6 +230,10 @@ class Settings(BaseSettings):
     #: longest-waiting connection that has no request in progress (idle keep-alive or an unfinished
     #: head); only when every connection is mid-request is the new one answered 503 and closed.
     gateway_max_connections: int = Field(default=1000, ge=1)
+    #: Requests of one tenant in their handlers at once per gateway process (0: no limit); beyond it 429
+    #: ``too_many_concurrent_requests``. Far below gateway_max_connections, so that one tenant's stalled
+    #: uploads or long waits cannot fill the connection cap and lock the others (and /healthz) out.
+    tenant_max_concurrent_requests: int = Field(default=100, ge=0)
     #: How long a request waits for one of the gateway_db_pool_size connections before it gets
     #: 503 with Retry-After (SQLAlchemy's default is 30 s, answered 500).
     gateway_db_pool_timeout_s: float = Field(default=5.0, gt=0.0)

@@ -16,6 +16,7 @@ openjpeg and rle; pyjpegls); one without an available decoder is refused up fron
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,12 @@ from pydicom.uid import UID
 from medparse.imaging import ImageRejected
 from medparse.imaging import quiet_warnings as quiet
 from medparse.medical.dicom_scan import DicomLimits, Layout, scan
+
+# Never log DICOM header values (DEVELOPERS.md): pydicom reports an invalid value *with the value*, as a warning
+# and on its logger, wherever an element is first read (``quiet`` silences warnings only, only where it is used).
+# Validation only warns, so ignoring it changes no verdict; pydicom's logger keeps its errors.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 #: Photometric interpretations we can turn into gray or RGB pixels.
@@ -84,6 +91,10 @@ def open_dicom(data: bytes, *, max_pixels: int, limits: DicomLimits | None = Non
         try:
             ds = _read(data, layout)
             ds.get("PixelData")  # parse lazily-read elements now, inside the guard
+            modality = ds.get("Modality")  # converted now, inside the guard (a damaged VR raises NotImplementedError)
+            modality = str(modality) if modality else None
+        except MemoryError:
+            raise  # over the decode budget (medparse/decode_pool.py), not a damaged file
         except Exception as exc:  # pydicom raises many types on hostile input
             raise corrupt(type(exc).__name__) from exc
     if "PixelData" not in ds:
@@ -95,7 +106,7 @@ def open_dicom(data: bytes, *, max_pixels: int, limits: DicomLimits | None = Non
     return DicomHeader(
         dataset=ds, rows=rows, columns=columns, frames=frames, samples_per_pixel=samples,
         photometric=photometric, transfer_syntax=str(syntax), transfer_syntax_name=str(syntax.name),
-        modality=str(ds.get("Modality")) if ds.get("Modality") else None,
+        modality=modality,
     )
 
 
@@ -231,7 +242,10 @@ def decode(header: DicomHeader, frames: Sequence[int] | None = None) -> np.ndarr
 
 
 def is_decoder_failure(exc: BaseException) -> bool:
-    """Any Exception, and the Rust decoders' (pylibjpeg-rle) pyo3 PanicException, a BaseException."""
+    """Any Exception, and the Rust decoders' (pylibjpeg-rle) pyo3 PanicException, a BaseException; not a
+    MemoryError, which is the decode going over its budget (``image_too_complex``), not damaged data."""
+    if isinstance(exc, MemoryError):
+        return False
     return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 

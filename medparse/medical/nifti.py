@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ class NiftiHeader:
 
     @property
     def file_bytes(self) -> int:
-        return self.vox_offset + int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        # Python integers: NIfTI-2 dimensions are int64, and their product would wrap around in numpy's.
+        return self.vox_offset + math.prod(self.shape) * self.dtype.itemsize
 
 
 AnyNifti = nib.Nifti1Image | nib.Nifti2Image
@@ -106,7 +108,7 @@ def parse_header(data: bytes, *, max_voxels: int, max_bytes: int, max_extensions
         raise corrupt(f"vox_offset {vox_offset}")
     spatial = shape + (1,) * (3 - len(shape)) if len(shape) < 3 else shape
     header = NiftiHeader(version, order, spatial if len(shape) <= 3 else shape, dtype, vox_offset)
-    voxels = int(np.prod(header.spatial_shape, dtype=np.int64))
+    voxels = math.prod(header.spatial_shape)
     if voxels > max_voxels or header.file_bytes > max_bytes:
         raise ImageRejected(
             "image_too_large",
@@ -190,7 +192,7 @@ def load(data: bytes, header: NiftiHeader, *, frame: int | None) -> tuple[np.nda
                 values = np.asanyarray(proxy[..., frame or 0])
             else:
                 values = np.asanyarray(proxy).reshape(header.spatial_shape)
-    except ImageRejected:
+    except (ImageRejected, MemoryError):  # a MemoryError: over the decode budget (medparse/decode_pool.py)
         raise
     except Exception as exc:  # nibabel raises many types on inconsistent headers
         raise corrupt(f"{type(exc).__name__}: {' '.join(str(exc).split())[:100]}") from exc

@@ -139,7 +139,11 @@ def parse_target(url: str) -> Target:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
         # httpx itself rejects some IPv4 spellings (``0177.0.0.1``); report them like the others.
-        _literal_ip((urlsplit(url).hostname or "") if isinstance(url, str) else "")
+        try:
+            host = (urlsplit(url).hostname or "") if isinstance(url, str) else ""
+        except ValueError:  # urlsplit too: "http://[::1" (an unclosed IPv6 bracket) was a 500
+            host = ""
+        _literal_ip(host)
         raise UnsafeTarget("invalid_url", f"not a valid URL: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         raise UnsafeTarget("invalid_scheme", "only http and https URLs are accepted")

@@ -311,3 +311,42 @@ def test_the_app_role_reads_but_cannot_reset_its_stored_bytes(pg_settings: Setti
         for statement in ("UPDATE tenant_usage SET stored_bytes = 0", "DELETE FROM tenant_usage"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
                 conn.execute(statement)
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE alembic_version SET version_num = 'forged'",
+    "SELECT version_num FROM alembic_version",
+    "DELETE FROM alembic_version",
+    "INSERT INTO alembic_version (version_num) VALUES ('forged')",
+])
+def test_neither_role_can_read_or_mark_migrations_applied(
+    pg_settings: Settings, app_role: str, system_role: str, statement: str
+) -> None:
+    for role in (app_role, system_role):
+        with psycopg.connect(_conninfo(pg_settings, role), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    with psycopg.connect(_owner_conninfo(pg_settings)) as owner:
+        (version,) = owner.execute("SELECT version_num FROM alembic_version").fetchall()  # one row, untouched
+        assert version[0] != "forged"
+
+
+def test_an_audit_entry_has_a_known_actor(pg_settings: Settings, app_role: str) -> None:
+    with psycopg.connect(_conninfo(pg_settings, app_role), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="ck__audit_log__actor_known"):
+            conn.execute("INSERT INTO audit_log (at, actor, action) VALUES (now(), 'root', 'job.delete')")
+    with psycopg.connect(_owner_conninfo(pg_settings)) as owner:
+        assert owner.execute("SELECT count(*) FROM audit_log WHERE actor = 'root'").fetchone() == (0,)
+
+
+def test_an_audit_entry_cannot_be_backdated(pg_settings: Settings, app_role: str) -> None:
+    with psycopg.connect(_conninfo(pg_settings, app_role), autocommit=True) as conn:
+        with conn.transaction():
+            now = conn.execute("SELECT now()").fetchone()
+            conn.execute(
+                "INSERT INTO audit_log (at, actor, action, target) "
+                "VALUES ('2000-01-01T00:00:00Z', 'key', 'job.delete', 'backdated')"
+            )
+    with psycopg.connect(_owner_conninfo(pg_settings)) as owner:
+        rows = owner.execute("SELECT at FROM audit_log WHERE target = 'backdated'").fetchall()
+        assert now is not None and rows == [(now[0],)]

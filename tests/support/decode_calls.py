@@ -52,3 +52,8 @@ def vm_size() -> int:
             if line.startswith("VmSize:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def sleep_then_reject(seconds: float) -> None:
+    time.sleep(seconds)
+    raise ImageRejected("corrupt_image", "PATIENT-SECRET in the message")

@@ -230,3 +230,24 @@ def test_only_small_plain_pngs_are_checked_without_a_decode_process() -> None:
     assert not decodes_inline(with_header(20_000, 20_000))  # 400 MB declared in a few kB
     assert not decodes_inline(cv2.imencode(".jpg", np.zeros((8, 8), np.uint8))[1].tobytes())
     assert not decodes_inline(png + b"\0" * (256 * 1024))  # larger uploads: the decode process
+
+
+def test_a_decode_process_the_machine_refuses_is_busy_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    from multiprocessing.process import BaseProcess
+
+    pool = DecodePool(limits(processes=1))
+    real_start = BaseProcess.start
+
+    def refused(self: BaseProcess) -> None:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    try:
+        monkeypatch.setattr(BaseProcess, "start", refused)
+        with pytest.raises(DecodeBusy) as caught:
+            pool.call(calls.echo, "refused")
+        assert "no decode process could be started" in caught.value.message and caught.value.retry_after_s > 0
+        monkeypatch.setattr(BaseProcess, "start", real_start)
+        assert pool.call(calls.echo, "next") == "next"  # the slot was given back and works again
+    finally:
+        pool.close()
