@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 from sqlalchemy.engine import make_url
 
 from medparse.cli import create_tenant
@@ -32,7 +31,7 @@ from medparse.settings import Settings
 from tests.conftest import free_port
 from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.factories import organ_image
-from tests.support.throwaway import admin_conninfo
+from tests.support.throwaway import throwaway_login_role
 
 TERMINAL = ("succeeded", "failed", "canceled")
 #: The stack's own defaults: quick sweeps and generous rate limits, so that what a test measures is
@@ -221,22 +220,14 @@ class Stack:
 
 @contextlib.contextmanager
 def login_roles(settings: Settings) -> Iterator[dict[str, str]]:
-    """Two throwaway login roles (roles are cluster-wide, so unique names, dropped afterwards):
-    ``MEDPARSE_DATABASE_URL`` for a member of ``medparse_app`` (the gateway's) and one for a member of
-    ``medparse_system`` (the workers'), neither a superuser nor able to bypass row-level security."""
+    """``MEDPARSE_DATABASE_URL`` values for two throwaway logins: ``app`` (a member of ``medparse_app``,
+    the gateway's) and ``system`` (of ``medparse_system``, the workers'), neither a superuser nor able
+    to bypass row-level security."""
     assert settings.database_url is not None
-    names = {group: f"mp_stack_{group}_{uuid.uuid4().hex[:8]}" for group in ("app", "system")}
-    with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-        for group, name in names.items():
-            conn.execute(f"CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE medparse_{group}")
     url = make_url(settings.database_url)
-    try:
+    with throwaway_login_role("medparse_app") as app, throwaway_login_role("medparse_system") as system:
         yield {group: url.set(username=name, password=None).render_as_string(hide_password=False)
-               for group, name in names.items()}
-    finally:
-        with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-            for name in names.values():
-                conn.execute(f"DROP ROLE IF EXISTS {name}")
+               for group, name in (("app", app), ("system", system))}
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ as a member of medparse_app, the worker as a member of medparse_system (migratio
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -19,22 +18,14 @@ from sqlalchemy.engine import make_url
 from medparse.settings import Settings
 from tests.factories import organ_image
 from tests.hostile.stack import HealthWatch, Stack, peak_rss_mb
-from tests.support.throwaway import admin_conninfo
+from tests.support.throwaway import throwaway_login_role
 
 
 @pytest.fixture
 def roles(pg_settings: Settings) -> Iterator[dict[str, str]]:
     """Login roles: ``app`` in medparse_app, ``system`` in medparse_system."""
-    made = {kind: f"mp_hostile_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("app", "system")}
-    with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-        for kind, role in made.items():
-            conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE medparse_{kind}")
-    try:
-        yield made
-    finally:
-        with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-            for role in made.values():
-                conn.execute(f"DROP ROLE IF EXISTS {role}")
+    with throwaway_login_role("medparse_app") as app, throwaway_login_role("medparse_system") as system:
+        yield {"app": app, "system": system}
 
 
 def _url(settings: Settings, role: str, driver: str = "postgresql+asyncpg") -> str:

@@ -14,7 +14,7 @@ from db import jobs as repo
 from db.engine import make_sync_engine
 from medparse.settings import Settings
 from tests.factories import new_tenant
-from tests.support.throwaway import admin_conninfo as _admin_conninfo
+from tests.support.throwaway import throwaway_login_role
 
 TENANT_TABLES = (
     "jobs", "job_inputs", "job_masks", "idempotency_keys", "job_medical", "webhook_endpoints",
@@ -25,14 +25,8 @@ TENANT_TABLES = (
 @pytest.fixture
 def app_role(pg_settings: Settings) -> Iterator[str]:
     """A login role that is a member of medparse_app: not the owner, not superuser, no BYPASSRLS."""
-    role = f"medparse_app_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE medparse_app")
-    try:
+    with throwaway_login_role("medparse_app") as role:
         yield role
-    finally:
-        with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-            conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def _conninfo(settings: Settings, role: str) -> str:
@@ -156,14 +150,8 @@ async def test_the_gateway_works_under_row_level_security(pg_settings: Settings,
 @pytest.fixture
 def system_role(pg_settings: Settings) -> Iterator[str]:
     """A login role in medparse_system, as the workers use (MEDPARSE_SYSTEM_DATABASE_URL)."""
-    role = f"medparse_sys_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE medparse_system")
-    try:
+    with throwaway_login_role("medparse_system") as role:
         yield role
-    finally:
-        with psycopg.connect(_admin_conninfo(), autocommit=True) as conn:
-            conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def _owner_conninfo(settings: Settings) -> str:

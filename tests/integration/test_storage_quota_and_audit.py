@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
@@ -22,30 +21,23 @@ from emulator.config import EmulatorConfig
 from medparse.settings import Settings
 from tests.factories import new_tenant, organ_image
 from tests.support.emulator_server import running_emulator
-from tests.support.throwaway import admin_conninfo
+from tests.support.throwaway import throwaway_login_role
 
 KEY = "emulator-test-key"
 
 
-def _role(group: str) -> Iterator[str]:
-    role = f"mp_{group.removeprefix('medparse_')}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE {group}")
-    try:
-        yield role
-    finally:
-        with psycopg.connect(admin_conninfo(), autocommit=True) as conn:
-            conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 @pytest.fixture
 def app_role(pg_settings: Settings) -> Iterator[str]:
-    yield from _role("medparse_app")
+    with throwaway_login_role("medparse_app") as role:
+        yield role
 
 
 @pytest.fixture
 def system_role(pg_settings: Settings) -> Iterator[str]:
-    yield from _role("medparse_system")
+    with throwaway_login_role("medparse_system") as role:
+        yield role
 
 
 def _url_as(settings: Settings, role: str) -> str:

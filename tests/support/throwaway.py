@@ -51,6 +51,20 @@ def throwaway_database(prefix: str = "medparse_test") -> Iterator[ThrowawayDatab
 
 
 @contextmanager
+def throwaway_login_role(group: str) -> Iterator[str]:
+    """A login role in ``group`` (``medparse_app`` or ``medparse_system``, made by the migrations): not a
+    superuser, no BYPASSRLS. Roles are cluster-wide, so its name is unique; it is dropped afterwards."""
+    role = f"mp_{group.removeprefix('medparse_')}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_conninfo(), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS IN ROLE {group}")
+    try:
+        yield role
+    finally:
+        with psycopg.connect(admin_conninfo(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+@contextmanager
 def throwaway_namespace(prefix: str = "mptest") -> Iterator[str]:
     """A private Redis key prefix; every key under it is deleted afterwards."""
     namespace = f"{prefix}-{uuid.uuid4().hex[:10]}"
