@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway import admin_services as services
 from gateway.admin_schemas import KeyCreate, KeysPublic, TenantCreate, TenantQuotasPatch, TenantsPublic
 from gateway.auth import ADMIN, OPERATOR, Principal, admin_of, operator, principal
-from gateway.handlers import json_response, parse_body, path_uuid
+from gateway.handlers import json_response, parse_body, path_uuid, query_datetime
 from gateway.keys import ENGINE, SETTINGS
 from gateway.problems import ApiProblem, field_error, not_found
 
@@ -83,14 +83,9 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 
 def _when(request: web.Request, name: str, default: datetime) -> datetime:
-    raw = request.query.get(name)
-    if not raw:
+    value = query_datetime(request, name)
+    if value is None:
         return default
-    try:
-        value = datetime.fromisoformat(raw)
-        value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):  # OverflowError: year 1 at +14:00 has no UTC instant
-        raise field_error(name, "an ISO 8601 date or date-time", status=400) from None
     if not USAGE_EARLIEST <= value <= USAGE_LATEST:
         raise field_error(name, f"between {USAGE_EARLIEST.date()} and {USAGE_LATEST.date()}", status=400)
     return value

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db.audit import INSERT_ENTRY, AuditEntry, select_entries
 from gateway.auth import OPERATOR, PRINCIPAL, operator
-from gateway.handlers import bounded_int
+from gateway.handlers import bounded_int, query_datetime
 from gateway.keys import ENGINE
 from gateway.problems import field_error
 from gateway.tenancy import tenant_transaction
@@ -133,18 +133,6 @@ def _query_uuid(request: web.Request, name: str, *, required: bool = False) -> u
     return value
 
 
-def _query_since(request: web.Request) -> datetime | None:
-    raw = request.query.get("since")
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-        # In UTC here: year 1 at +14:00 has no UTC instant (asyncpg's OverflowError was a 500).
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise field_error("since", "an ISO 8601 date or date-time", status=400) from None
-
-
 def _query_limit(request: web.Request) -> int:
     # bounded_int: str.isdigit() admitted '²', which int() refuses (a 500), and 5000 digits
     return bounded_int(request.query.get("limit", "100"), "limit", 1, MAX_LIMIT)
@@ -163,8 +151,8 @@ async def get_operator_audit(request: web.Request) -> web.Response:
     if action is not None and not _TOKEN.fullmatch(action):
         raise field_error("action", "an action name such as job.delete", status=400)
     stmt = select_entries(
-        tenant_id=tenant_id, job_id=_query_uuid(request, "job_id"), since=_query_since(request), action=action,
-        limit=_query_limit(request),
+        tenant_id=tenant_id, job_id=_query_uuid(request, "job_id"), since=query_datetime(request, "since"),
+        action=action, limit=_query_limit(request),
     )
     async with tenant_transaction(request.app[ENGINE], tenant_id) as conn:
         rows = (await conn.execute(stmt)).mappings().all()

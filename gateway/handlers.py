@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import orjson
@@ -72,6 +73,19 @@ def bounded_int(raw: str, name: str, low: int, high: int) -> int:
 
 
 _INTEGER = re.compile(r"-?[0-9]+")
+
+
+def query_datetime(request: web.Request, name: str) -> datetime | None:
+    """``?name=`` as an aware UTC datetime (a naive one is taken as UTC); None when absent, 400 when it is
+    not ISO 8601 or has no UTC instant (year 1 at +14:00: an OverflowError, which asyncpg made a 500)."""
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise field_error(name, "an ISO 8601 date or date-time", status=400) from None
 
 
 def page_limit(request: web.Request) -> int:

@@ -261,7 +261,9 @@ def _input_pixels(image: bytes, options: dict[str, Any], settings: Settings) -> 
     """A 2-D job's input as 8-bit pixels; a DICOM read within the settings' limits, as the probe and the worker
     read it (``imaging.load_pixels`` would apply the default ``max_dicom_*``)."""
     if sniff_medical(image) != "dicom":
-        return imaging.load_pixels(image, max_pixels=settings.max_image_pixels, options=options)
+        return imaging.load_pixels(
+            image, max_pixels=settings.max_image_pixels, options=options, max_frames=settings.max_image_frames
+        )
     limits = inputs.Limits.from_settings(settings)
     upload = inputs.DicomUpload.open(image, options, max_pixels=limits.max_pixels, dicom_limits=limits.dicom)
     return upload.load_2d()[0]

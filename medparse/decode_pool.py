@@ -68,8 +68,7 @@ class DecodeLimitExceeded(ImageRejected):
     """A decode went over its memory or time budget, or its process died: 422 ``image_too_complex``."""
 
     def __init__(self, limit: str, message: str) -> None:
-        super().__init__("corrupt_image", message)
-        self.code = "image_too_complex"
+        super().__init__("image_too_complex", message)
         self.limit = limit
         self.args = (limit, message)
 

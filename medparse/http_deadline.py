@@ -29,10 +29,6 @@ _DEADLINE: ContextVar[float | None] = ContextVar("medparse_http_deadline", defau
 _WRITE_PIECE = 16384
 
 
-class DeadlinePassed(TimeoutError):
-    """Raised by callers that check ``remaining_s`` before starting more work."""
-
-
 @contextmanager
 def deadline_at(monotonic_at: float) -> Iterator[None]:
     """Every HTTP exchange in this block (this thread/context) ends by ``monotonic_at`` (time.monotonic)."""

@@ -34,7 +34,7 @@ from PIL import Image
 from medparse.medical.formats import sniff_medical
 from medparse.png_probe import PngDamaged, probe_png
 
-RejectCode = Literal["unsupported_format", "corrupt_image", "image_too_large", "empty_image"]
+RejectCode = Literal["unsupported_format", "corrupt_image", "image_too_large", "empty_image", "image_too_complex"]
 
 #: The toolkit's default normalisation for non-8-bit images: 0.5 and 99.5 percentiles of all pixels.
 PERCENTILES = (0.5, 99.5)

@@ -93,6 +93,7 @@ def decode_input(image: bytes, options: dict[str, Any], settings: Any) -> Decode
     if kind is None:  # PNG, JPEG, TIFF
         prepared = imaging.prepare_image(
             image, target=target, png_compress_level=level, max_pixels=settings.max_image_pixels, options=options,
+            max_frames=settings.max_image_frames,
         )
         return DecodedInput(prepared=prepared)
     if kind == "nifti":

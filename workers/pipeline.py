@@ -56,6 +56,7 @@ def segment(
         png_compress_level=settings.endpoint_png_compress_level,
         max_pixels=settings.max_image_pixels,
         options=options,
+        max_frames=settings.max_image_frames,
     )
     return segment_prepared(prepared, prompts, settings=settings, batcher=batcher, job_id=job_id, attempt=attempt)
 

@@ -51,7 +51,7 @@ def run_job(ctx: WorkerContext, job_id_text: str) -> str:
     )
     with keeper, http_deadline.deadline_at(started + settings.task_soft_time_limit_s):
         try:
-            # PNG/JPEG/TIFF go on to workers.pipeline.segment; DICOM, NIfTI volumes and the 3-D model are handled there
+            # the input is read in a decode process (workers/decode_steps.py), then sent to the endpoint
             result = segment_job(ctx, claimed, job_id_text)
             ended = lifecycle.finish(
                 ctx.engine, claimed, result, delete_input=settings.retention_delete_input_on_success
