@@ -40,11 +40,11 @@ e2e: install-test
 
 lint: install-test
 	$(BIN)/ruff check .
-	$(BIN)/mypy medparse gateway workers db emulator
+	$(BIN)/mypy medparse gateway workers db emulator runtime
 
 bench: install-test  # every bench runs; the exit status says whether any of them failed
 	@status=0; for b in worker accept latency utilisation fairness soak; do \
-		$(BIN)/python bench/$$b.py || status=1; done; exit $$status
+		$(BIN)/python -m bench.$$b || status=1; done; exit $$status
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,12 +1,12 @@
 """Gateway accept path under load: the real gateway beside a minimal aiohttp baseline.
 
-Run with ``.venv/bin/python bench/accept.py`` (40-75 s with the defaults; ``--help`` for knobs).
+Run with ``.venv/bin/python -m bench.accept`` (40-75 s with the defaults; ``--help`` for knobs).
 
 What it does, all on 127.0.0.1:
 - creates a throwaway database ``medparse_bench_<random>`` (dropped at the end, also on failure or
   SIGTERM), migrates it, creates ``--tenants`` tenants with an API key each, and uses a random Redis
   namespace whose keys are deleted at the end;
-- starts the real gateway (``python -m medparse.cli serve``: one process per core by default, or
+- starts the real gateway (``python -m runtime.cli serve``: one process per core by default, or
   ``--gateway-cmd``) as a subprocess, no worker, with the per-tenant rate and queue limits lifted
   (capacity, not policy, is measured; ``--default-quotas`` keeps them and counts the 429s as
   non-202; ``--gateway-env`` adds settings);
@@ -60,13 +60,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.e2e.processes import stop, wait_http
+from tests.support.ports import free_port
+from tests.support.throwaway import PG_ADMIN_URL, REDIS_URL
 
-from tests.conftest import free_port  # noqa: E402
-from tests.e2e.processes import stop, wait_http  # noqa: E402
-from tests.support.throwaway import PG_ADMIN_URL, REDIS_URL  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PROMPTS = "liver & kidney"
 BASELINE_TABLE = "bench_baseline_jobs"
@@ -793,9 +791,9 @@ class Benchmark:
     def setup(self) -> None:
         import psycopg
 
-        from medparse.cli import create_tenant
-        from medparse.migrate import upgrade
         from medparse.settings import Settings
+        from runtime.cli import create_tenant
+        from runtime.migrate import upgrade
 
         args = self.args
         with psycopg.connect(args.pg_admin_url, autocommit=True) as conn:
@@ -912,7 +910,7 @@ class Benchmark:
 
         port = free_port()
         cmd = (shlex.split(self.args.gateway_cmd) if self.args.gateway_cmd
-               else [sys.executable, "-m", "medparse.cli", "serve"])
+               else [sys.executable, "-m", "runtime.cli", "serve"])
         gateway = self.start_server("gateway", cmd, port)
         print("\nphases:")
         self.load("gateway", port, gateway.pid)
@@ -951,7 +949,7 @@ class Benchmark:
             )
         port = free_port()
         list_key = f"{self.namespace}:baseline"
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline", "--port", str(port),
+        cmd = [sys.executable, "-m", "bench.accept", "--serve-baseline", "--port", str(port),
                "--dsn", self.db_sync, "--redis-url", self.args.redis_url, "--redis-key", list_key]
         baseline = self.start_server("baseline", cmd, port)
         self.load("baseline", port, baseline.pid)
@@ -1059,7 +1057,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-logs", action="store_true", help="keep the temp folder with the server logs")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--gateway-cmd", default=None,
-                   help="command line that starts the gateway instead of 'python -m medparse.cli serve' "
+                   help="command line that starts the gateway instead of 'python -m runtime.cli serve' "
                         "(same MEDPARSE_* environment), e.g. to try a patched build")
     p.add_argument("--gateway-env", action="append", default=[], metavar="MEDPARSE_X=VALUE",
                    help="extra setting for the gateway (repeatable), e.g. MEDPARSE_SUBMIT_BATCH_CONCURRENCY=1")

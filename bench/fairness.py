@@ -1,6 +1,6 @@
 """Fair dispatch under load: how long does tenant B wait behind tenant A's 5,000-job backlog?
 
-Run with ``.venv/bin/python bench/fairness.py`` (about 1-2 minutes; ``--help`` for knobs). Needs the
+Run with ``.venv/bin/python -m bench.fairness`` (about 1-2 minutes; ``--help`` for knobs). Needs the
 machine's PostgreSQL (127.0.0.1:5432, trust) and Redis (127.0.0.1:6379); override with
 ``MEDPARSE_TEST_PG_URL`` / ``MEDPARSE_TEST_REDIS_URL``.
 
@@ -60,23 +60,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import cv2
+import httpx
+import numpy as np
+import psycopg
+import redis
+from psycopg.types.json import Json
+
+from medparse.settings import Settings
+from tests.e2e.processes import stop, wait_http
+from tests.factories import ct_slice_png
+from tests.support.ports import free_port
+from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
+
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import aiohttp  # noqa: E402
-import cv2  # noqa: E402
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-from psycopg.types.json import Json  # noqa: E402
-
-from medparse.settings import Settings  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.e2e.processes import stop, wait_http  # noqa: E402
-from tests.factories import ct_slice_png  # noqa: E402
-from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
 
 PROMPT = "liver"
 STARTUP_TIMEOUT_S = 60.0
@@ -121,7 +119,7 @@ def child_env(**extra: str) -> dict[str, str]:
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "medparse.cli", *args], env=env, cwd=REPO,
+            [sys.executable, "-m", "runtime.cli", *args], env=env, cwd=REPO,
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
 
@@ -547,8 +545,8 @@ def fifo_phase(args: argparse.Namespace, procs: Procs, envs: Env, tenants: dict[
 
 
 def run(args: argparse.Namespace) -> int:
-    from medparse.cli import create_tenant
-    from medparse.migrate import upgrade
+    from runtime.cli import create_tenant
+    from runtime.migrate import upgrade
 
     image = ct_slice_png()
     body, ctype = multipart_body(image, PROMPT)

@@ -8,13 +8,12 @@ whether every gateway process is still the one it was, and how long another tena
 end to end right after the attack. Run it on a checkout before and after a change to compare; the
 baseline of each row is the same stack's idle peak RSS, printed first.
 
-    .venv/bin/python bench/hostile.py [--only NAME ...]
+    .venv/bin/python -m bench.hostile [--only NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,13 +22,11 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.*
-
-from medparse.migrate import upgrade  # noqa: E402
-from medparse.settings import Settings  # noqa: E402
-from tests.hostile.stack import HealthWatch, Stack, descendants_of, peak_rss_mb, running_stack  # noqa: E402
-from tests.support import medical_files as files  # noqa: E402
-from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
+from medparse.settings import Settings
+from runtime.migrate import upgrade
+from tests.hostile.stack import HealthWatch, Stack, descendants_of, peak_rss_mb, running_stack
+from tests.support import medical_files as files
+from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 
 #: The 3-D model takes a whole volume (no slice limit), so the upload is decoded in full at submit.
 WHOLE_VOLUME = '{"model": "medimageparse-3d"}'

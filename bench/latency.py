@@ -1,6 +1,6 @@
 """Latency the gateway ADDS over calling the endpoint directly with the same preprocessing.
 
-Run with ``.venv/bin/python bench/latency.py`` (about 1-2 minutes). Needs the machine's PostgreSQL
+Run with ``.venv/bin/python -m bench.latency`` (about 1-2 minutes). Needs the machine's PostgreSQL
 (127.0.0.1:5432, trust) and Redis (127.0.0.1:6379); override with ``MEDPARSE_TEST_PG_URL`` /
 ``MEDPARSE_TEST_REDIS_URL``.
 
@@ -59,14 +59,12 @@ import httpx
 import numpy as np
 import psycopg
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench import latency_floor
+from tests.e2e.processes import stop, wait_http
+from tests.support.ports import free_port
+from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 
-from bench import latency_floor  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
-from tests.e2e.processes import stop, wait_http  # noqa: E402
-from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 PROMPTS = "liver & kidney"
 TARGET_P50_MS = 10.0
@@ -115,8 +113,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def start(args: list[str], env: dict[str, str], log: Path, *, script: Path | None = None) -> subprocess.Popen[bytes]:
-    """``python -m medparse.cli ARGS`` (or ``python SCRIPT ARGS``), output into ``log``."""
-    command = [sys.executable, str(script), *args] if script else [sys.executable, "-m", "medparse.cli", *args]
+    """``python -m runtime.cli ARGS`` (or ``python SCRIPT ARGS``), output into ``log``."""
+    command = [sys.executable, str(script), *args] if script else [sys.executable, "-m", "runtime.cli", *args]
     with log.open("ab") as handle:
         return subprocess.Popen(command, env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
 
@@ -249,11 +247,11 @@ def summarize(name: str, values: list[float]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medparse.cli import create_tenant
     from medparse.endpoint.client import EndpointClient
     from medparse.endpoint.limiter import LocalInFlightLimiter
-    from medparse.migrate import upgrade
     from medparse.settings import Settings
+    from runtime.cli import create_tenant
+    from runtime.migrate import upgrade
 
     image = test_image()
     prompts = [p.strip() for p in PROMPTS.split("&")]

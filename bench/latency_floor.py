@@ -16,7 +16,7 @@ Left out on purpose, because they are ours and not the pipeline's: API keys, ten
 row-level security, rate limits and quotas, image validation, fair dispatch across tenants, the
 cross-process in-flight cap, leases and heartbeats, idempotency, webhooks, the job JSON.
 
-Run by bench/latency.py as ``python bench/latency_floor.py serve|worker`` with FLOOR_* variables;
+Run by bench/latency.py as ``python -m bench.latency_floor serve|worker`` with FLOOR_* variables;
 the tables come from ``SCHEMA`` (created by the bench in its throwaway database).
 """
 
@@ -34,8 +34,6 @@ from typing import Any
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 SCHEMA = """
 CREATE TABLE floor_jobs (

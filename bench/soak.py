@@ -8,14 +8,13 @@ The figures are counted from Postgres first; then ``Cluster.assert_nothing_lost`
 invariants of the chaos tests (one result set per job among them), and a broken one is a FAIL.
 Baseline in the same run: the emulator's capacity / latency, the most any client could achieve.
 
-    .venv/bin/python bench/soak.py [--jobs 2000] [--latency-ms 150] [--faults 500=0.03,429=0.02]
+    .venv/bin/python -m bench.soak [--jobs 2000] [--latency-ms 150] [--faults 500=0.03,429=0.02]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -23,15 +22,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.chaos
-
-from db.engine import make_sync_engine  # noqa: E402
-from db.models import Job  # noqa: E402
-from medparse.migrate import upgrade  # noqa: E402
-from medparse.settings import Settings  # noqa: E402
-from tests.chaos.cluster import Cluster, Submissions  # noqa: E402
-from tests.factories import new_tenant  # noqa: E402
-from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace  # noqa: E402
+from db.engine import make_sync_engine
+from db.models import Job
+from medparse.settings import Settings
+from runtime.migrate import upgrade
+from tests.chaos.cluster import Cluster, Submissions
+from tests.factories import new_tenant
+from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 
 CAPACITY = 8
 

@@ -1,6 +1,6 @@
 """Endpoint utilisation: do several worker processes keep an emulated deployment's capacity busy?
 
-Run with ``.venv/bin/python bench/utilisation.py`` (about 1-2 minutes; ``--help`` for knobs).
+Run with ``.venv/bin/python -m bench.utilisation`` (about 1-2 minutes; ``--help`` for knobs).
 
 What it does, all on 127.0.0.1:
 - creates a throwaway database ``medparse_bench_<random>`` (migrated; dropped at the end, also on
@@ -48,23 +48,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+import httpx
+import psycopg
+import redis
 
-import httpx  # noqa: E402
-import psycopg  # noqa: E402
-import redis  # noqa: E402
-
-from tests.conftest import free_port  # noqa: E402
-from tests.e2e.processes import stop, wait_http  # noqa: E402
-from tests.factories import ct_slice_png  # noqa: E402
-from tests.support.throwaway import (  # noqa: E402
+from tests.e2e.processes import stop, wait_http
+from tests.factories import ct_slice_png
+from tests.support.ports import free_port
+from tests.support.throwaway import (
     REDIS_URL,
     ThrowawayDatabase,
     throwaway_database,
     throwaway_namespace,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 PROMPTS = "liver & kidney"
 CAPACITY = 8
@@ -94,12 +92,12 @@ def base_env(**extra: str) -> dict[str, str]:
 
 
 def start(args: list[str], env: dict[str, str], log: Path, nice: int = 0) -> subprocess.Popen[bytes]:
-    """``python -m medparse.cli ARGS``; a non-zero ``nice`` runs it under ``nice -n`` (all its threads)."""
+    """``python -m runtime.cli ARGS``; a non-zero ``nice`` runs it under ``nice -n`` (all its threads)."""
     prefix = ["nice", "-n", str(nice)] if nice else []
     handle = log.open("ab")
     try:
         return subprocess.Popen(
-            [*prefix, sys.executable, "-m", "medparse.cli", *args], env=env, cwd=REPO,
+            [*prefix, sys.executable, "-m", "runtime.cli", *args], env=env, cwd=REPO,
             stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     finally:
@@ -250,9 +248,9 @@ class Bench:
         )
 
     def setup(self) -> None:
-        from medparse.cli import create_tenant
-        from medparse.migrate import upgrade
         from medparse.settings import Settings
+        from runtime.cli import create_tenant
+        from runtime.migrate import upgrade
 
         settings = Settings(database_url=self.db_url, redis_url=REDIS_URL, redis_namespace=self.namespace,
                             data_dir=self.tmp / "var")

@@ -1,6 +1,6 @@
 """Worker CPU per image: our path beside the official samples' path, on the same synthetic uploads.
 
-Run with ``.venv/bin/python bench/worker.py`` (about 30 s). Single-threaded, like one worker process
+Run with ``.venv/bin/python -m bench.worker`` (about 30 s). Single-threaded, like one worker process
 per core on the 2-core box (performance-limits.md).
 
 Our path: prepare_image (decode, 8-bit normalisation, cv2 resize, pad, RGB PNG at zlib level 1),

@@ -48,7 +48,7 @@ def make_async_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_size", settings.gateway_db_pool_size)
     kwargs.setdefault("max_overflow", 0)
     # A request waiting longer than this for a pooled connection gets 503 with Retry-After
-    # (gateway/middleware.py) instead of queueing for SQLAlchemy's default 30 s.
+    # (gateway/http/middleware.py) instead of queueing for SQLAlchemy's default 30 s.
     kwargs.setdefault("pool_timeout", settings.gateway_db_pool_timeout_s)
     # No pre-ping: with asyncpg it is three round trips (BEGIN; ";"; ROLLBACK) per checkout, 6 of the
     # 15 database round trips of a submission (bench/accept.py). A connection that died with the

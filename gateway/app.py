@@ -9,16 +9,21 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from db.engine import make_async_engine
-from gateway.audit import audit_middleware
-from gateway.auth import AuthCache
-from gateway.dispatch import DispatchNudger
-from gateway.events import JobEventListener
-from gateway.idempotency import idempotency_middleware
-from gateway.job_writer import JobWriter
+from gateway.deps import GatewayDeps
+from gateway.http.audit import audit_middleware
+from gateway.http.auth import AuthCache
+from gateway.http.idempotency import idempotency_middleware
+from gateway.http.middleware import auth_middleware, body_deadline_middleware, problems_middleware
+from gateway.http.ratelimit import ConcurrentRequests, RateLimiter
+from gateway.http.tenancy import QueuedJobsGauge
+from gateway.jobs.dispatch import DispatchNudger
+from gateway.jobs.events import JobEventListener
+from gateway.jobs.writer import JobWriter
 from gateway.keys import (
     AUTH_CACHE,
     CONCURRENT_REQUESTS,
     DECODE_POOL,
+    DEPS,
     ENGINE,
     EVENTS,
     JOB_WRITER,
@@ -27,10 +32,7 @@ from gateway.keys import (
     RATE_LIMITER,
     SETTINGS,
 )
-from gateway.middleware import auth_middleware, body_deadline_middleware, problems_middleware
-from gateway.ratelimit import ConcurrentRequests, RateLimiter
 from gateway.routes import setup_routes
-from gateway.tenancy import QueuedJobsGauge
 from medparse.decode_pool import DEFAULT_PRELOAD, DecodePool
 from medparse.settings import Settings, masked_url
 
@@ -71,10 +73,20 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
 
 async def _decode_pool(app: web.Application) -> AsyncIterator[None]:
     # Processes start on the first decode, so an app that never decodes (most tests) pays nothing.
-    pool = DecodePool.from_settings(app[SETTINGS], preload=(*DEFAULT_PRELOAD, "gateway.medical", "gateway.results"))
+    preload = (*DEFAULT_PRELOAD, "gateway.jobs.medical", "gateway.results.handlers")
+    pool = DecodePool.from_settings(app[SETTINGS], preload=preload)
     app[DECODE_POOL] = pool
     yield
     await asyncio.to_thread(pool.close)
+
+
+async def _deps(app: web.Application) -> AsyncIterator[None]:
+    # Last: every resource it holds was started by the contexts before it.
+    app[DEPS] = GatewayDeps(
+        engine=app[ENGINE], settings=app[SETTINGS], writer=app[JOB_WRITER], nudger=app[NUDGER],
+        events=app[EVENTS], decode_pool=app[DECODE_POOL], queued_gauge=app[QUEUED_GAUGE],
+    )
+    yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -90,6 +102,6 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_CACHE] = AuthCache(settings.auth_cache_ttl_s)
     app[CONCURRENT_REQUESTS] = ConcurrentRequests(settings.tenant_max_concurrent_requests)
     app[QUEUED_GAUGE] = QueuedJobsGauge()
-    app.cleanup_ctx.extend([_database, _nudger, _rate_limiter, _events, _decode_pool])
+    app.cleanup_ctx.extend([_database, _nudger, _rate_limiter, _events, _decode_pool, _deps])
     setup_routes(app)
     return app

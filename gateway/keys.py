@@ -5,12 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.auth import AuthCache
-from gateway.dispatch import DispatchNudger
-from gateway.events import JobEventListener
-from gateway.job_writer import JobWriter
-from gateway.ratelimit import ConcurrentRequests, RateLimiter
-from gateway.tenancy import QueuedJobsGauge
+from gateway.deps import GatewayDeps
+from gateway.http.auth import AuthCache
+from gateway.http.ratelimit import ConcurrentRequests, RateLimiter
+from gateway.http.tenancy import QueuedJobsGauge
+from gateway.jobs.dispatch import DispatchNudger
+from gateway.jobs.events import JobEventListener
+from gateway.jobs.writer import JobWriter
 from medparse.decode_pool import DecodePool
 from medparse.settings import Settings
 
@@ -25,3 +26,5 @@ QUEUED_GAUGE = web.AppKey("queued_gauge", QueuedJobsGauge)
 JOB_WRITER = web.AppKey("job_writer", JobWriter)
 #: full decodes of uploads and the result renderers run there (medparse/decode_pool.py)
 DECODE_POOL = web.AppKey("decode_pool", DecodePool)
+#: what the use cases (gateway/*/services.py) are given: see gateway/deps.py
+DEPS = web.AppKey("deps", GatewayDeps)

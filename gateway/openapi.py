@@ -10,8 +10,7 @@ from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 import medparse
-from gateway import idempotency
-from gateway.admin_schemas import (
+from gateway.admin.schemas import (
     KeyCreate,
     KeyCreatedPublic,
     KeyPublic,
@@ -22,8 +21,17 @@ from gateway.admin_schemas import (
     TenantsPublic,
     UsagePublic,
 )
-from gateway.schemas import INT32_MAX, HealthPublic, JobCreateJson, JobOptions, JobPublic, JobsPublic, ProblemPublic
-from gateway.webhook_openapi import FORM_FIELDS, INPUT_MODELS, OUTPUT_MODELS, webhook_paths
+from gateway.http import idempotency
+from gateway.jobs.schemas import (
+    INT32_MAX,
+    HealthPublic,
+    JobCreateJson,
+    JobOptions,
+    JobPublic,
+    JobsPublic,
+    ProblemPublic,
+)
+from gateway.webhooks.openapi import FORM_FIELDS, INPUT_MODELS, OUTPUT_MODELS, webhook_paths
 
 REF = "#/components/schemas/{model}"
 
@@ -129,7 +137,7 @@ def build_document() -> dict[str, Any]:
         }},
         "/v1/jobs/{job_id}/result": {"get": {
             "operationId": "getResult",
-            "description": "every output format of a succeeded job (gateway/results.py); provenance in the "
+            "description": "every output format of a succeeded job (gateway/results/handlers.py); provenance in the "
                            "body where the format allows and in the Medparse-Provenance header",
             "parameters": [
                 JOB_ID,
@@ -160,7 +168,7 @@ def build_document() -> dict[str, Any]:
         }},
         "/v1/operator/audit": {"get": {
             "operationId": "operatorAudit",
-            "description": "One tenant's audit entries, newest first (operator credential only; gateway/audit.py).",
+            "description": "One tenant's audit entries, newest first (operator credential only).",
             "parameters": [
                 {"name": "tenant_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
                 {"name": "job_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
@@ -209,7 +217,7 @@ def build_document() -> dict[str, Any]:
                             "responses": {"200": {"description": "ready", **_json("HealthPublic")},
                                           "503": {"description": "not ready", **_json("HealthPublic")}}}},
     }
-    paths.update(webhook_paths())  # gateway/webhook_openapi.py
+    paths.update(webhook_paths())  # gateway/webhooks/openapi.py
     _document_idempotency_keys(paths)
     return {
         "openapi": "3.1.0",
@@ -239,7 +247,7 @@ def _camel(route_name: str) -> str:
 
 
 def _document_idempotency_keys(paths: dict[str, Any]) -> None:
-    """Every POST takes an Idempotency-Key (gateway/idempotency.py) but those whose answer holds a secret."""
+    """Every POST takes an Idempotency-Key (gateway/http/idempotency.py) but those whose answer holds a secret."""
     refused = {_camel(name) for name in idempotency.NOT_REPLAYABLE_ROUTES}
     for path_item in paths.values():
         operation = path_item.get("post")

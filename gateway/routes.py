@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway import admin_handlers, audit, handlers, openapi, results, webhook_handlers
+from gateway import openapi
+from gateway.admin import handlers as admin_handlers
+from gateway.http import audit
+from gateway.jobs import handlers
+from gateway.results import handlers as results
+from gateway.webhooks import handlers as webhook_handlers
 
 
 def setup_routes(app: web.Application) -> None:
@@ -15,9 +20,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/jobs/{job_id}/cancel", handlers.cancel_job, name="cancel_job")
     app.router.add_get("/v1/jobs/{job_id}/masks.npz", handlers.get_masks_npz, name="get_masks_npz")
     app.router.add_get("/v1/jobs/{job_id}/masks/{index}", handlers.get_mask_png, name="get_mask_png")
-    app.router.add_get("/v1/jobs/{job_id}/result", results.get_result, name="get_result")  # gateway/results.py
+    app.router.add_get("/v1/jobs/{job_id}/result", results.get_result, name="get_result")  # gateway/results/handlers.py
     app.router.add_get("/v1/usage", admin_handlers.get_usage, name="get_usage")
-    app.router.add_get("/v1/operator/audit", audit.get_operator_audit, name="operator_audit")  # gateway/audit.py
+    app.router.add_get("/v1/operator/audit", audit.get_operator_audit, name="operator_audit")  # gateway/http/audit.py
     app.router.add_get("/v1/admin/tenants", admin_handlers.list_tenants, name="admin_list_tenants")
     app.router.add_post("/v1/admin/tenants", admin_handlers.create_tenant, name="admin_create_tenant")
     app.router.add_patch("/v1/admin/tenants/{tenant_id}", admin_handlers.update_tenant, name="admin_update_tenant")

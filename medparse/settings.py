@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     #: one used more recently is trusted (db/engine.py).
     db_ping_after_idle_s: float = Field(default=1.0, ge=0.0)
 
-    # --- submissions: group commit (gateway/job_writer.py) ------------------------------------
+    # --- submissions: group commit (gateway/jobs/writer.py) ------------------------------------
     #: Submissions that arrive while a transaction is in flight share the next one, up to this many
     #: jobs and this many image bytes; a lone submission is written at once, alone.
     submit_batch_max_jobs: int = Field(default=64, ge=1)
@@ -208,7 +208,7 @@ class Settings(BaseSettings):
 
     # --- a gateway that survives: supervision, read deadlines, caps, timeouts (issue 12) ------
     #: ``serve`` restarts a gateway process that died, after this delay, doubled on each death in a
-    #: row up to the max (gateway/supervisor.py); a process that stayed up ``reset_after`` starts over.
+    #: row up to the max (runtime/supervisor.py); a process that stayed up ``reset_after`` starts over.
     gateway_restart_backoff_min_s: float = Field(default=0.5, gt=0.0)
     gateway_restart_backoff_max_s: float = Field(default=30.0, gt=0.0)
     gateway_restart_reset_after_s: float = Field(default=60.0, ge=0.0)
@@ -216,7 +216,7 @@ class Settings(BaseSettings):
     #: poll lasts up to max_wait_seconds); the ``serve`` parent kills what is left 5 s later.
     gateway_shutdown_timeout_s: float = Field(default=65.0, ge=0.0)
     #: A request's head (request line + headers) must arrive within this many seconds of its first
-    #: byte, or the connection is closed (slowloris; gateway/serving.py).
+    #: byte, or the connection is closed (slowloris; gateway/http/serving.py).
     gateway_header_timeout_s: float = Field(default=10.0, gt=0.0)
     #: An idle keep-alive connection is closed after this long (aiohttp's keep-alive timer). Keep it
     #: above the idle timeout of a load balancer in front (60 s for most), or it answers 502s.
@@ -320,7 +320,7 @@ class Settings(BaseSettings):
     #: A tenant's ``max_stored_bytes`` overrides it.
     tenant_max_stored_bytes: int = Field(default=10 * 1024**3, ge=0)
 
-    # --- operators and tenant admins apart (issue 12, gateway/auth.py) ----------------------------
+    # --- operators and tenant admins apart (issue 12, gateway/http/auth.py) ----------------------------
     #: SHA-256 hex digest of the operator's bearer token (comma-separated: several, while one is
     #: rotated out). The operator creates tenants, sets quotas and manages any tenant's keys over
     #: HTTP; unset (default), only the CLI can. Only the digest is configured, so the token itself is

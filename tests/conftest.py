@@ -6,7 +6,6 @@ FAIL (never skip): a green run must mean the service was tested against real ser
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import psycopg
 import pytest
 import redis
 
-from medparse.migrate import upgrade
 from medparse.settings import Settings
+from runtime.migrate import upgrade
 from tests.support.throwaway import (
     PG_ADMIN_URL,
     REDIS_URL,
@@ -23,13 +22,6 @@ from tests.support.throwaway import (
     throwaway_database,
     throwaway_namespace,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 
 @pytest.fixture(scope="session")

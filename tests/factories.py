@@ -7,8 +7,8 @@ import uuid
 import cv2
 import numpy as np
 
-from medparse.cli import create_tenant
 from medparse.settings import Settings
+from runtime.cli import create_tenant
 
 
 def random_name(prefix: str = "tenant") -> str:

@@ -19,8 +19,8 @@ from sqlalchemy import Engine
 from db import jobs as repo
 from db import medical as medical_repo
 from db.job_snapshot import encode_snapshot
+from db.outbox import record_transition
 from db.status import JobStatus
-from medparse.webhooks.outbox import record_transition
 from workers.pipeline import Segmentation
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from typing import Any
 
 from db import jobs as repo
 from db.idempotency import purge_expired_stmt
+from db.outbox import record_transition
 from db.status import JobStatus
-from medparse.webhooks.outbox import record_transition
 from workers.context import WorkerContext
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from db import webhooks as repo
+from db.outbox import webhook_id
 from medparse.settings import Settings
-from medparse.webhooks.outbox import webhook_id
 from medparse.webhooks.payload import render_body
 from medparse.webhooks.schedule import retry_delay
 from medparse.webhooks.sender import AttemptResult, Outcome, WebhookSender

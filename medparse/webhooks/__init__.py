@@ -1,5 +1,5 @@
 """Webhooks: Standard Webhooks signing, thin payloads, the retry schedule and an SSRF-safe sender.
 
 Pure of the gateway and the workers; both use it. Deliveries are rows in Postgres (the outbox,
-see ``medparse.webhooks.outbox``); the worker task ``webhooks.deliver`` sends them.
+see ``db.outbox``); the worker task ``webhooks.deliver`` sends them.
 """

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from db.status import JobStatus
-
 
 class EventType(StrEnum):
     #: a worker claimed the job (first claim only: a retried attempt does not start it again)
@@ -20,12 +18,6 @@ ALL_EVENTS: tuple[EventType, ...] = tuple(EventType)
 #: What a per-job ``webhook_url`` receives when ``webhook_events`` is not given.
 DEFAULT_JOB_EVENTS: tuple[EventType, ...] = (EventType.succeeded, EventType.failed, EventType.canceled)
 
-EVENT_FOR_STATUS: dict[JobStatus, EventType] = {
-    JobStatus.running: EventType.started,
-    JobStatus.succeeded: EventType.succeeded,
-    JobStatus.failed: EventType.failed,
-    JobStatus.canceled: EventType.canceled,
-}
 
 
 class UnknownEventType(ValueError):

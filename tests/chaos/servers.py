@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 def _pg_bin(name: str) -> str:

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import redis
 
-from medparse.migrate import upgrade
 from medparse.settings import Settings
+from runtime.migrate import upgrade
 from tests.chaos.cluster import Cluster, Submissions
 from tests.chaos.servers import PrivatePostgres, PrivateRedis
 from tests.factories import new_tenant

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from medparse.settings import Settings
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -47,7 +47,7 @@ def wait_http(url: str, seconds: float = 30.0, proc: subprocess.Popen[bytes] | N
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "medparse.cli", *args], env=env, stdout=handle, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "runtime.cli", *args], env=env, stdout=handle, stderr=subprocess.STDOUT
         )
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
 from tests.e2e.processes import stop
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def test_medparse_run_prints_key_and_serves_the_sample(tmp_path: Path) -> None:
     )
     log = tmp_path / "run.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "medparse.cli", "run"], env=env, stdout=out, stderr=out)
+        proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "run"], env=env, stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 60
         key = None

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from medparse.cli import create_tenant
 from medparse.settings import Settings
-from tests.conftest import free_port
+from runtime.cli import create_tenant
 from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.factories import random_name
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 from sqlalchemy.engine import make_url
 
-from medparse.cli import create_tenant
 from medparse.settings import Settings
-from tests.conftest import free_port
+from runtime.cli import create_tenant
 from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.factories import organ_image
+from tests.support.ports import free_port
 from tests.support.throwaway import throwaway_login_role
 
 TERMINAL = ("succeeded", "failed", "canceled")

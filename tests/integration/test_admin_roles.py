@@ -24,8 +24,8 @@ from db.engine import make_sync_engine
 from db.models import ApiKey
 from db.tenants import insert_key_stmt, new_api_key
 from gateway.app import create_app
-from medparse.cli import create_tenant
 from medparse.settings import Settings
+from runtime.cli import create_tenant
 from tests.factories import random_name
 from tests.support.webhooks import insert_job
 
@@ -76,7 +76,7 @@ ACCESS: dict[str, Scopes | str] = {
     "list_deliveries": Scopes((READ,)),
     "get_delivery": Scopes((READ,)),
     "redeliver_delivery": Scopes((WRITE,)),
-    "operator_audit": OPERATOR_ONLY,  # gateway/audit.py
+    "operator_audit": OPERATOR_ONLY,  # gateway/http/audit.py
 }
 #: Query strings a route needs to succeed, given the tenant the request is about.
 QUERY = {"operator_audit": lambda tenant: {"tenant_id": str(tenant)}}

@@ -39,8 +39,9 @@ from medparse.endpoint import (
 from medparse.endpoint.auth import AadTokenProvider
 from medparse.endpoint.protocol import split_prompts
 from medparse.settings import EndpointAuthMode, Settings
-from tests.conftest import REDIS_URL, free_port
 from tests.support.emulator_server import running_emulator
+from tests.support.ports import free_port
+from tests.support.throwaway import REDIS_URL
 
 KEY = "test-key-" + uuid.uuid4().hex[:8]
 MODEL_STATUS = "ms-azureml-model-error-statuscode"

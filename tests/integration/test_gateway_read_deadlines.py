@@ -1,5 +1,5 @@
 """Slow clients against a real gateway process over raw sockets: the header deadline, the body
-deadline and the connection cap (gateway/serving.py, gateway/middleware.py)."""
+deadline and the connection cap (gateway/http/serving.py, gateway/http/middleware.py)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from medparse.settings import Settings
-from tests.conftest import free_port
 from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.factories import new_tenant
+from tests.support.ports import free_port
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0

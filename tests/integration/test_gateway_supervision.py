@@ -1,4 +1,4 @@
-"""``medparse serve --processes 2`` replaces a gateway process that died (gateway/supervisor.py),
+"""``medparse serve --processes 2`` replaces a gateway process that died (runtime/supervisor.py),
 and still shuts down cleanly; real processes against a throwaway Postgres and Redis."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from medparse.settings import Settings
-from tests.conftest import free_port
 from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.hostile.stack import HealthWatch, children_of, is_alive
+from tests.support.ports import free_port
 
 BACKOFF_MIN_S = 0.3
 

@@ -1,5 +1,5 @@
 """A database that is slow, saturated or down answers 503 with Retry-After, never 500; statement
-and idle-in-transaction timeouts on every Postgres session (db/engine.py, gateway/middleware.py)."""
+and idle-in-transaction timeouts on every Postgres session (db/engine.py, gateway/http/middleware.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.engine import make_async_engine, make_sync_engine
 from gateway.app import create_app
+from gateway.http.middleware import backing_service_unavailable
+from gateway.http.ratelimit import RateLimiter
 from gateway.keys import ENGINE
-from gateway.middleware import backing_service_unavailable
-from gateway.ratelimit import RateLimiter
 from medparse.settings import Settings, to_sync_url
 from tests.factories import new_tenant
 

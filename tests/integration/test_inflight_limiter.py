@@ -18,7 +18,7 @@ from medparse.endpoint.limiter import (
     make_in_flight_limiter,
 )
 from medparse.settings import Settings
-from tests.conftest import REDIS_URL
+from tests.support.throwaway import REDIS_URL
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Group commit of new jobs (gateway/job_writer.py) on a real Postgres database."""
+"""Group commit of new jobs (gateway/jobs/writer.py) on a real Postgres database."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db import jobs as repo
 from db.engine import make_async_engine
 from db.models import Job, JobInput
-from gateway.job_writer import JobWriter, PendingJob
+from gateway.jobs.writer import JobWriter, PendingJob
 from medparse.settings import Settings
 from tests.factories import new_tenant
 

@@ -10,8 +10,8 @@ from sqlalchemy import inspect
 
 from db.engine import make_sync_engine
 from db.models import Base
-from medparse.migrate import alembic_config, downgrade, upgrade
 from medparse.settings import Settings
+from runtime.migrate import alembic_config, downgrade, upgrade
 
 
 def _revisions() -> list[str]:

@@ -195,7 +195,7 @@ async def test_the_operator_reads_one_tenants_audit_entries_and_a_tenant_cannot(
     import hashlib
 
     from gateway.app import create_app
-    from medparse.cli import build_parser, cmd_audit
+    from runtime.cli import build_parser, cmd_audit
 
     token = "op-" + uuid.uuid4().hex + uuid.uuid4().hex
     settings = pg_settings.model_copy(update={

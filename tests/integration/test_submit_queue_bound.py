@@ -1,5 +1,5 @@
 """The group-commit queue of new jobs is bounded in jobs and bytes: beyond it, 503
-``submit_queue_full`` with Retry-After at once, and nothing half-written (gateway/job_writer.py)."""
+``submit_queue_full`` with Retry-After at once, and nothing half-written (gateway/jobs/writer.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from db import jobs as repo
 from db.engine import make_async_engine
 from db.models import Job
 from gateway.app import create_app
-from gateway.job_writer import JobWriter, PendingJob
-from gateway.problems import ApiProblem
+from gateway.http.problems import ApiProblem
+from gateway.jobs.writer import JobWriter, PendingJob
 from medparse.settings import Settings, to_sync_url
 from tests.factories import new_tenant, organ_image
 from tests.integration.test_gateway_api import auth, form

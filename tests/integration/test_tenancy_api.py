@@ -17,8 +17,8 @@ from sqlalchemy import update
 from db.engine import make_sync_engine
 from db.models import Tenant
 from gateway.app import create_app
-from medparse.cli import create_tenant
 from medparse.settings import Settings
+from runtime.cli import create_tenant
 from tests.factories import new_tenant, organ_image, random_name
 
 #: The operator's bearer token; the server is configured with its SHA-256 only.

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, select, update
 from db.engine import make_sync_engine
 from db.models import JobWebhook, WebhookDelivery
 from gateway.app import create_app
-from gateway.webhook_submission import WEBHOOK_POLICY, TargetPolicy
+from gateway.webhooks.submission import WEBHOOK_POLICY, TargetPolicy
 from medparse.settings import Settings
 from tests.factories import new_tenant, organ_image
 from tests.support.webhooks import insert_job, run_job_to

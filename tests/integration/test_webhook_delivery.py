@@ -21,8 +21,8 @@ from standardwebhooks.webhooks import Webhook
 
 from db import webhooks as repo
 from db.models import WebhookDelivery
+from db.outbox import record_job_event, record_transition, webhook_id
 from medparse.settings import Settings
-from medparse.webhooks.outbox import record_job_event, record_transition, webhook_id
 from medparse.webhooks.sender import WebhookSender
 from tests.support.tls import make_tls_contexts
 from tests.support.webhook_receiver import Receiver, running_receiver

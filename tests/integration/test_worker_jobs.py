@@ -22,9 +22,9 @@ from db import jobs as repo
 from db.models import Job, JobMask
 from emulator.config import EmulatorConfig
 from medparse.settings import Settings
-from tests.conftest import REDIS_URL
 from tests.factories import new_tenant, organ_image
 from tests.support.emulator_server import running_emulator
+from tests.support.throwaway import REDIS_URL
 from workers.celery_app import make_celery
 from workers.context import ContextHolder, WorkerContext
 from workers.dispatcher import dispatch_round

@@ -2,8 +2,8 @@ import uuid
 from datetime import UTC, datetime
 
 from db.tenants import hash_secret, new_api_key, parse_api_key, secret_matches
-from gateway.cursors import decode_cursor, encode_cursor
-from gateway.services import to_public
+from gateway.http.cursors import decode_cursor, encode_cursor
+from gateway.jobs.services import to_public
 
 
 def _row(created: datetime) -> dict[str, object]:

@@ -7,7 +7,7 @@ import warnings
 import pytest
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
-from gateway.submission import _PLAIN_FORM_FIELD
+from gateway.jobs.submission import _PLAIN_FORM_FIELD
 
 HEADERS = [
     'form-data; name="image"; filename="scan.png"',

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from medparse.cli import gateway_process_count
 from medparse.settings import Settings
+from runtime.cli import gateway_process_count
 
 PG = "postgresql+asyncpg://u@127.0.0.1/db"
 REDIS = "redis://127.0.0.1:6379/0"

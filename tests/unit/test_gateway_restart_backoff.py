@@ -1,8 +1,8 @@
-"""The delay before the ``serve`` parent replaces a gateway process that died (gateway/supervisor.py)."""
+"""The delay before the ``serve`` parent replaces a gateway process that died (runtime/supervisor.py)."""
 
 from __future__ import annotations
 
-from gateway.supervisor import Backoff
+from runtime.supervisor import Backoff
 
 
 def test_deaths_in_a_row_double_the_delay_up_to_the_max() -> None:

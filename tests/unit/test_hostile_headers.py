@@ -3,7 +3,7 @@
 Each file is built in milliseconds (tests/support/medical_files.py) and declares far more than it holds:
 a deflated DICOM inflating to 1 GiB, 40 M frames in 514 bytes, 50 M NIfTI slices in 544 bytes, 1 M
 sequence items, a PNG whose rows inflate to 320 MB, text chunks inflating to 1 GiB, 200,000 TIFF pages.
-``test_every_attack_is_answered_fast_in_small_memory`` runs them all through ``gateway.medical.probe`` in
+``test_every_attack_is_answered_fast_in_small_memory`` runs them all through ``gateway.jobs.medical.probe`` in
 a child process and measures its peak RSS (VmHWM, reset before each case): before this change the same
 cases took up to 2.1 GB and 15 s (a TIFF: minutes).
 """
@@ -24,7 +24,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from gateway import medical
+from gateway.jobs import medical
 from medparse import imaging
 from medparse.imaging import ImageRejected
 from medparse.medical import dicom, dicom_scan, inputs, nifti
@@ -247,7 +247,7 @@ MAX_SECONDS = 1.5
 
 _CHILD = r"""
 import json, sys, time
-from gateway import medical
+from gateway.jobs import medical
 from medparse.imaging import ImageRejected
 from medparse.medical.errors import OptionRejected
 from medparse.settings import Settings

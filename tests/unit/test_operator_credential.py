@@ -1,4 +1,4 @@
-"""The operator credential (gateway/auth.py): only configured SHA-256 digests, several for rotation."""
+"""The operator credential (gateway/http/auth.py): only configured SHA-256 digests, several for rotation."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from gateway.auth import match_operator
+from gateway.http.auth import match_operator
 from medparse.settings import Settings
 
 OLD, NEW = "old-operator-token-" + "a" * 32, "new-operator-token-" + "b" * 32

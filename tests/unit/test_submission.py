@@ -2,9 +2,9 @@ import pybase64
 import pytest
 from pydantic import ValidationError
 
-from gateway.problems import ApiProblem
-from gateway.schemas import JobCreateJson, JobOptions
-from gateway.submission import decode_base64_image, parse_options, parse_prompts
+from gateway.http.problems import ApiProblem
+from gateway.jobs.schemas import JobCreateJson, JobOptions
+from gateway.jobs.submission import decode_base64_image, parse_options, parse_prompts
 from medparse.settings import Settings
 
 SETTINGS = Settings(max_prompts=3, max_prompt_chars=10)

@@ -21,10 +21,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway import medical, results, services
+from gateway.http.problems import ApiProblem
+from gateway.jobs import medical, services
 from gateway.keys import DECODE_POOL, ENGINE
 from gateway.keys import SETTINGS as SETTINGS_KEY
-from gateway.problems import ApiProblem
+from gateway.results import handlers as results
 from medparse import masks
 from medparse.decode_pool import DecodeLimits, DecodePool, decodes_inline
 from medparse.imaging import ImageRejected

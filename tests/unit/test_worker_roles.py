@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from medparse import cli
 from medparse.settings import Settings
+from runtime import cli
 
 
 class FakeApp:
