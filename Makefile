@@ -41,6 +41,7 @@ e2e: install-test
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy medparse gateway workers db emulator runtime
+	$(BIN)/lint-imports
 
 bench: install-test  # every bench runs; the exit status says whether any of them failed
 	@status=0; for b in worker accept latency utilisation fairness soak; do \

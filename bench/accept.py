@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.processes import stop, wait_http
 from tests.support.ports import free_port
+from tests.support.processes import stop, wait_http
 from tests.support.throwaway import PG_ADMIN_URL, REDIS_URL
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ machine's PostgreSQL (127.0.0.1:5432, trust) and Redis (127.0.0.1:6379); overrid
 Set-up (private to this run, torn down at the end even on failure): a throwaway Postgres database
 ``medparse_fair_<random>`` (created, migrated, dropped), random Redis namespaces ``mpfair-<random>``
 (their keys deleted after the processes stopped), and subprocesses started
-as tests/e2e/processes.py starts them: the endpoint emulator (``--latency-ms 200 --max-concurrent 8``),
+as tests/support/processes.py starts them: the endpoint emulator (``--latency-ms 200 --max-concurrent 8``),
 one gateway (tenant rate limit and queued-jobs quota raised through ``MEDPARSE_TENANT_RATE_LIMIT_RPS`` /
 ``_BURST`` / ``MEDPARSE_TENANT_MAX_QUEUED_JOBS``) and two
 ``medparse worker --concurrency 8`` processes, all with ``MEDPARSE_LOG_LEVEL=WARNING``.
@@ -69,9 +69,9 @@ import redis
 from psycopg.types.json import Json
 
 from medparse.settings import Settings
-from tests.e2e.processes import stop, wait_http
-from tests.factories import ct_slice_png
+from tests.support.factories import ct_slice_png
 from tests.support.ports import free_port
+from tests.support.processes import stop, wait_http
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 
 REPO = Path(__file__).resolve().parent.parent

@@ -24,8 +24,8 @@ import httpx
 
 from medparse.settings import Settings
 from runtime.migrate import upgrade
-from tests.hostile.stack import HealthWatch, Stack, descendants_of, peak_rss_mb, running_stack
 from tests.support import medical_files as files
+from tests.support.stack import HealthWatch, Stack, descendants_of, peak_rss_mb, running_stack
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 
 #: The 3-D model takes a whole volume (no slice limit), so the upload is decoded in full at submit.

@@ -6,7 +6,7 @@ Run with ``.venv/bin/python -m bench.latency`` (about 1-2 minutes). Needs the ma
 
 Set-up (all private to this run, torn down at the end even on failure): a throwaway Postgres
 database (created, migrated, dropped), a random Redis namespace (its keys deleted), a tenant and
-key, and five subprocesses: as tests/e2e/processes.py starts them, the endpoint emulator with a
+key, and five subprocesses: as tests/support/processes.py starts them, the endpoint emulator with a
 fixed latency (``--latency-ms``, so the endpoint part is stable), the gateway (its default: one
 process per CPU) and one Celery worker; and the floor's server and worker (bench/latency_floor.py,
 its tables created in the same database).
@@ -60,8 +60,8 @@ import numpy as np
 import psycopg
 
 from bench import latency_floor
-from tests.e2e.processes import stop, wait_http
 from tests.support.ports import free_port
+from tests.support.processes import stop, wait_http
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 
 REPO = Path(__file__).resolve().parent.parent

@@ -26,8 +26,8 @@ from db.engine import make_sync_engine
 from db.models import Job
 from medparse.settings import Settings
 from runtime.migrate import upgrade
-from tests.chaos.cluster import Cluster, Submissions
-from tests.factories import new_tenant
+from tests.support.cluster import Cluster, Submissions
+from tests.support.factories import new_tenant
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 
 CAPACITY = 8

@@ -52,9 +52,9 @@ import httpx
 import psycopg
 import redis
 
-from tests.e2e.processes import stop, wait_http
-from tests.factories import ct_slice_png
+from tests.support.factories import ct_slice_png
 from tests.support.ports import free_port
+from tests.support.processes import stop, wait_http
 from tests.support.throwaway import (
     REDIS_URL,
     ThrowawayDatabase,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, select
+from sqlalchemy import RowMapping, Select, bindparam, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from db.models import AuditLog
 
@@ -64,3 +65,42 @@ def select_entries(
     if action is not None:
         stmt = stmt.where(AuditLog.action == action)
     return stmt.order_by(AuditLog.at.desc(), AuditLog.id.desc()).limit(limit)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """A stored entry: ``AuditEntry`` with its id, fields in ``ENTRY_COLUMNS`` order."""
+
+    id: int
+    at: datetime
+    actor: str
+    tenant_id: uuid.UUID | None
+    key_id: str | None
+    action: str
+    job_id: uuid.UUID | None
+    target: str | None
+    request_id: str | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> AuditRecord:
+        return cls(**{c.key: row[c.key] for c in ENTRY_COLUMNS})
+
+
+async def insert_entry(conn: AsyncConnection, entry: AuditEntry) -> None:
+    await conn.execute(INSERT_ENTRY, entry.params())
+
+
+async def append_entry(engine: AsyncEngine, entry: AuditEntry) -> None:
+    """``entry`` in a transaction of its own."""
+    async with engine.connect() as conn:
+        # One statement: autocommit spares the BEGIN and COMMIT round trips around it.
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(INSERT_ENTRY, entry.params())
+
+
+async def fetch_entries(
+    conn: AsyncConnection, *, tenant_id: uuid.UUID | None = None, job_id: uuid.UUID | None = None,
+    since: datetime | None = None, action: str | None = None, limit: int = 100,
+) -> list[AuditRecord]:
+    stmt = select_entries(tenant_id=tenant_id, job_id=job_id, since=since, action=action, limit=limit)
+    return [AuditRecord.from_row(r) for r in (await conn.execute(stmt)).mappings()]

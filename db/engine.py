@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from medparse.settings import Settings
+from medparse.settings import Settings, to_async_url
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -37,8 +37,11 @@ def _libpq_options(settings: Settings) -> str:
     return " ".join(f"-c {name}={value}" for name, value in session_timeouts(settings).items())
 
 
-def make_async_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
+def make_async_engine(settings: Settings, *, system_scope: bool = False, **kwargs: Any) -> AsyncEngine:
+    """``system_scope``: as for ``make_sync_engine`` (the CLI's administration; never the gateway)."""
     url = settings.async_database_url
+    if system_scope and settings.system_database_url:
+        url = to_async_url(settings.system_database_url)
     if url.startswith("sqlite"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, **kwargs)

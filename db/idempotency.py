@@ -6,8 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, select, update
+from sqlalchemy import RowMapping, Select, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db.models import IdempotencyKey
 
@@ -29,6 +30,24 @@ def reserve_stmt(
         .on_conflict_do_nothing()
         .returning(IdempotencyKey.key)
     )
+
+
+async def claim(
+    conn: AsyncConnection, tenant_id: uuid.UUID, key: str, fingerprint: str, *, now: datetime, locked_until: datetime
+) -> bool:
+    """Insert ``key`` as in flight unless it exists; True when this request now holds it.
+
+    Writes nothing when the key is taken, so a refused request leaves its transaction as it found it
+    (several submissions share one: gateway/jobs/writer.py). On PostgreSQL an INSERT that meets
+    another transaction's uncommitted claim of the key waits for that transaction's end."""
+    claimed = await conn.execute(
+        reserve_stmt(conn.dialect.name, tenant_id, key, fingerprint, now=now, locked_until=locked_until)
+    )
+    return claimed.first() is not None
+
+
+async def read(conn: AsyncConnection, tenant_id: uuid.UUID, key: str) -> RowMapping | None:
+    return (await conn.execute(select_stmt(tenant_id, key))).mappings().first()
 
 
 def select_stmt(tenant_id: uuid.UUID, key: str) -> Select[Any]:

@@ -10,35 +10,32 @@ worker, a too-large row, a lost message) reads Postgres as before.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import DateTime, Uuid
+from sqlalchemy import Uuid
 
-from db.jobs import MASK_SUMMARY_COLUMNS
-from db.models import Job
+from db.job_record import Job, MaskSummary
+from db.models import Job as JobModel
+from db.types import UtcDateTime
 
 #: Larger snapshots (a DICOM job's header details, say) are not sent; the waiter reads instead.
 MAX_SNAPSHOT_BYTES = 32 * 1024
-MASK_SUMMARY_KEYS = tuple(column.key for column in MASK_SUMMARY_COLUMNS)
 
-_DATETIME_COLUMNS = frozenset(c.name for c in Job.__table__.c if isinstance(c.type, DateTime))
-_UUID_COLUMNS = frozenset(c.name for c in Job.__table__.c if isinstance(c.type, Uuid))
+_DATETIME_COLUMNS = frozenset(c.name for c in JobModel.__table__.c if isinstance(c.type, UtcDateTime))
+_UUID_COLUMNS = frozenset(c.name for c in JobModel.__table__.c if isinstance(c.type, Uuid))
 
 
-def encode_snapshot(job: Mapping[str, Any], masks: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """The row (all ``jobs`` columns) and its mask summaries, or None when too large to send."""
-    data = orjson.dumps({
-        "job": {c.name: job[c.name] for c in Job.__table__.c},
-        "masks": [{k: m[k] for k in MASK_SUMMARY_KEYS} for m in masks],
-    })
+def encode_snapshot(job: Job, masks: Sequence[MaskSummary]) -> bytes | None:
+    """The job (all ``jobs`` columns) and its mask summaries, or None when too large to send."""
+    data = orjson.dumps({"job": job.as_row(), "masks": [m.as_row() for m in masks]})
     return data if len(data) <= MAX_SNAPSHOT_BYTES else None
 
 
-def decode_snapshot(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(job row, mask summaries)`` with the column types a database read returns."""
+def decode_snapshot(data: bytes) -> tuple[Job, list[MaskSummary]]:
+    """``(job, mask summaries)`` with the values a database read gives."""
     parsed = orjson.loads(data)
     row: dict[str, Any] = parsed["job"]
     for name in _DATETIME_COLUMNS:
@@ -47,4 +44,4 @@ def decode_snapshot(data: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     for name in _UUID_COLUMNS:
         if row.get(name) is not None:
             row[name] = uuid.UUID(row[name])
-    return row, list(parsed["masks"])
+    return Job.from_row(row), [MaskSummary.from_row(m) for m in parsed["masks"]]

@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     LargeBinary,
+    RowMapping,
     Select,
     Table,
     Update,
@@ -29,7 +30,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from db import job_record
 from db.models import Job, JobInput, JobMask
 from db.status import JobStatus, check_transition
 from db.webhooks import OUTBOX_COLUMNS
@@ -58,6 +61,18 @@ class NewJob:
     priority: int = 0
     #: DICOM/NIfTI details from the submit-time probe (medparse.medical.inputs)
     input_meta: dict[str, Any] | None = None
+
+    def as_job(self) -> job_record.Job:
+        """The job as ``INSERT_JOB`` stores it (with ``insert_job_params``), before any read."""
+        return job_record.Job(
+            id=self.id, tenant_id=self.tenant_id, status=JobStatus.queued, prompts=self.prompts,
+            options=self.options, input_format=self.input_format, input_width=self.input_width,
+            input_height=self.input_height, input_bytes=len(self.image), created_at=self.now, updated_at=self.now,
+            dispatched_at=None, started_at=None, completed_at=None, attempts=0, priority=self.priority,
+            prompt_count=len(self.prompts), endpoint_calls=0, endpoint_seconds=0.0, lease_expires_at=None,
+            error_code=None, error_message=None, result_width=None, result_height=None, result_meta=None,
+            input_meta=self.input_meta, progress=None,
+        )
 
 
 _NEW_JOB_COLUMNS = (
@@ -114,6 +129,63 @@ SELECT_MASK_SUMMARIES = (
 COUNT_QUEUED = select(func.count()).select_from(Job).where(
     Job.tenant_id == bindparam("tenant_id", type_=Job.tenant_id.type), Job.status == JobStatus.queued.value
 )
+
+
+async def read_job(conn: AsyncConnection, tenant_id: uuid.UUID, job_id: uuid.UUID) -> job_record.Job | None:
+    """The tenant's job, or None when there is none (or it is another tenant's)."""
+    row = (await conn.execute(SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
+    return None if row is None else job_record.Job.from_row(row)
+
+
+async def read_mask_summaries(conn: AsyncConnection, job_id: uuid.UUID) -> list[job_record.MaskSummary]:
+    """A job's mask summaries in prompt order (none before it succeeded)."""
+    rows = (await conn.execute(SELECT_MASK_SUMMARIES, {"job_id": job_id})).mappings()
+    return [job_record.MaskSummary.from_row(m) for m in rows]
+
+
+async def read_stored_masks(
+    conn: AsyncConnection, job_id: uuid.UUID, index: int | None = None
+) -> list[job_record.StoredMask]:
+    """A job's stored 2-D masks with their bytes (one, or all in prompt order)."""
+    rows = (await conn.execute(select_mask_data(job_id, index))).mappings()
+    return [job_record.StoredMask.from_row(m) for m in rows]
+
+
+async def read_input(conn: AsyncConnection, job_id: uuid.UUID) -> bytes | None:
+    """The job's upload; None when retention deleted it."""
+    data: bytes | None = (await conn.execute(select_input(job_id))).scalar_one_or_none()
+    return data
+
+
+async def list_jobs(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    *,
+    status: JobStatus | None,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[job_record.Job]:
+    """``list_jobs_stmt``'s page as jobs."""
+    stmt = list_jobs_stmt(tenant_id, status=status, limit=limit, after=after)
+    return [job_record.Job.from_row(row) for row in (await conn.execute(stmt)).mappings()]
+
+
+async def cancel(
+    conn: AsyncConnection, job: job_record.Job, *, now: datetime
+) -> tuple[job_record.Job, RowMapping] | None:
+    """``job.status -> canceled`` as a compare-and-set; the changed job and its row (with the outbox's
+    ``OUTBOX_COLUMNS``), or None when the job changed state meanwhile."""
+    stmt = transition_stmt(
+        job.id, job.status, JobStatus.canceled, now=now, tenant_id=job.tenant_id, completed_at=now,
+        lease_expires_at=None,
+    )
+    changed = (await conn.execute(stmt.returning(*JOB_COLUMNS, *OUTBOX_COLUMNS))).mappings().first()
+    return None if changed is None else (job_record.Job.from_row(changed), changed)
+
+
+async def delete_job(conn: AsyncConnection, tenant_id: uuid.UUID, job_id: uuid.UUID) -> bool:
+    """Whether the tenant's job existed (and is now gone, with everything of it)."""
+    return bool((await conn.execute(delete_job_stmt(tenant_id, job_id))).rowcount == 1)
 
 
 def select_mask_data(job_id: uuid.UUID, index: int | None = None) -> Select[Any]:

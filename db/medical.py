@@ -10,7 +10,9 @@ import uuid
 from typing import Any
 
 from sqlalchemy import Select, Update, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from db.job_record import MedicalRecord
 from db.models import Job, JobMedical
 from db.status import JobStatus
 
@@ -26,6 +28,12 @@ def select_medical(tenant_id: uuid.UUID, job_id: uuid.UUID, *, with_data: bool =
         .join(Job, Job.id == JobMedical.job_id)
         .where(JobMedical.job_id == job_id, Job.tenant_id == tenant_id)
     )
+
+
+async def read_medical(conn: AsyncConnection, tenant_id: uuid.UUID, job_id: uuid.UUID) -> MedicalRecord | None:
+    """The medical side of the tenant's job, or None (a plain image's job has none)."""
+    row = (await conn.execute(select_medical(tenant_id, job_id))).mappings().first()
+    return None if row is None else MedicalRecord.from_row(row)
 
 
 def progress_stmt(job_id: uuid.UUID, attempt: int, *, done: int, total: int) -> Update:

@@ -10,7 +10,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
-    DateTime,
     Float,
     ForeignKey,
     Identity,
@@ -26,7 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from db.delivery_status import DeliveryStatus
 from db.status import JobStatus
+from db.types import UtcDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix__%(table_name)s__%(column_0_N_name)s",
@@ -49,7 +50,7 @@ class Tenant(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # Quota overrides; NULL means the deployment-wide default from Settings.
     rate_limit_rps: Mapped[float | None] = mapped_column(Float)
     max_queued_jobs: Mapped[int | None] = mapped_column(Integer)
@@ -83,7 +84,7 @@ class AuditLog(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: ``key`` (an API key), ``operator`` (the operator credential) or ``cli``
     actor: Mapped[str] = mapped_column(String(16))
     tenant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
@@ -105,9 +106,9 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     label: Mapped[str | None] = mapped_column(String(100))
     scopes: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Job(Base):
@@ -138,12 +139,12 @@ class Job(Base):
     input_width: Mapped[int] = mapped_column(Integer)
     input_height: Mapped[int] = mapped_column(Integer)
     input_bytes: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: last time the job id was published to the broker; NULL = never (the sweeper publishes it)
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: claims so far; the claim that made attempt k is the only one allowed to finish attempt k
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: higher runs first within the tenant; never reorders other tenants' jobs
@@ -152,7 +153,7 @@ class Job(Base):
     #: HTTP calls to the model endpoint and their seconds, summed over attempts (for usage/billing)
     endpoint_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     endpoint_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     result_width: Mapped[int | None] = mapped_column(Integer)
@@ -179,9 +180,9 @@ class IdempotencyKey(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
     #: an ``in_flight`` record older than this was abandoned (its request died) and may be taken over
-    locked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    locked_until: Mapped[datetime] = mapped_column(UtcDateTime())
     #: the job the request created, so deleting the job deletes its idempotency record too
     job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
 
@@ -238,7 +239,7 @@ class JobMedical(Base):
 
 # --- Webhooks (migration 0002_webhooks; statements in db/webhooks.py) ---
 
-DELIVERY_STATUS_VALUES = "'pending', 'sending', 'succeeded', 'failed'"
+DELIVERY_STATUS_VALUES = ", ".join(f"'{s.value}'" for s in DeliveryStatus)
 
 
 class WebhookEndpoint(Base):
@@ -257,12 +258,12 @@ class WebhookEndpoint(Base):
     secret: Mapped[str] = mapped_column(String(64))
     #: the secret before the last rotation, still signing until ``previous_secret_expires_at``
     previous_secret: Mapped[str | None] = mapped_column(String(64))
-    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: set when the receiver answered 410 (or by the tenant); disabled endpoints get no new events
-    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     disabled_reason: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class WebhookTenantSecret(Base):
@@ -273,9 +274,9 @@ class WebhookTenantSecret(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     secret: Mapped[str] = mapped_column(String(64))
     previous_secret: Mapped[str | None] = mapped_column(String(64))
-    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class JobWebhook(Base):
@@ -287,7 +288,7 @@ class JobWebhook(Base):
     url: Mapped[str] = mapped_column(Text)
     event_types: Mapped[list[str]] = mapped_column(JSON)
     #: the receiver answered 410: no further events for this job
-    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class WebhookDelivery(Base):
@@ -320,16 +321,16 @@ class WebhookDelivery(Base):
     #: attempts ever made (numbers the attempt rows); ``failures`` indexes the retry schedule
     attempts: Mapped[int] = mapped_column(Integer)
     failures: Mapped[int] = mapped_column(Integer)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: last publish of ``webhooks.deliver``; the dispatcher publishes again if it is old
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     #: lease of the task that is sending; an expired one (killed worker) is claimed again
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class WebhookAttempt(Base):
@@ -341,7 +342,7 @@ class WebhookAttempt(Base):
         ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), primary_key=True
     )
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
     duration_ms: Mapped[int] = mapped_column(Integer)
     status_code: Mapped[int | None] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))

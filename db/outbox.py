@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db import jobs as jobs_repo
 from db import webhooks as repo
+from db.delivery_status import INITIAL
+from db.job_record import Job, MaskSummary
 from db.status import JobStatus
 from medparse.job_links import job_path
 from medparse.webhooks.events import EventType
@@ -65,7 +67,7 @@ def _payload(
         if job["status"] == JobStatus.succeeded.value:
             masks = list(conn.execute(jobs_repo.SELECT_MASK_SUMMARIES, {"job_id": job["id"]}).mappings())
     try:
-        return build_payload(event.value, job, masks, now)
+        return build_payload(event.value, Job.from_row(job), [MaskSummary.from_row(m) for m in masks], now)
     except Exception:  # a payload bug must never block the job's own status change
         log.exception("webhook payload for job %s (%s) fell back to the minimal form", job["id"], event)
         return {"type": event.value, "timestamp": now.isoformat(),
@@ -97,12 +99,12 @@ def record_job_event(
     rows = [
         {
             "id": uuid.uuid4(), "tenant_id": job["tenant_id"], "job_id": job_id, "endpoint_id": endpoint_id,
-            "target": target, "event_type": event.value, "payload": payload, "status": repo.PENDING,
+            "target": target, "event_type": event.value, "payload": payload, "status": INITIAL.value,
             "attempts": 0, "failures": 0, "next_attempt_at": now, "created_at": now, "updated_at": now,
         }
         for target, endpoint_id in targets
     ]
-    conn.execute(repo.insert_deliveries_stmt(conn.dialect.name, rows))
+    repo.insert_deliveries(conn, rows)
     return len(rows)
 
 

@@ -1,4 +1,9 @@
-"""Tenants and API keys. Keys look like ``mpk_<public id>_<secret>``; only a hash of the secret is kept."""
+"""Tenants and API keys. Keys look like ``mpk_<public id>_<secret>``; only a hash of the secret is kept.
+
+The statements, and the queries the admin use cases run (gateway/admin/services.py), returning
+``TenantRecord`` and ``KeyRecord``; ``scope_to_tenant``, which puts a transaction under one tenant's
+row-level security; the tenant's stored bytes and usage.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, insert, select, update
+from sqlalchemy import RowMapping, Select, String, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db.models import ApiKey, Tenant, TenantUsage
+from db.models import ApiKey, Job, Tenant, TenantUsage
 
 KEY_PREFIX = "mpk_"
 DEFAULT_SCOPES = ["jobs:read", "jobs:write"]
@@ -142,3 +149,166 @@ SELECT_STORED_BYTES = select(TenantUsage.stored_bytes).where(
 SELECT_MAX_STORED_BYTES = select(Tenant.max_stored_bytes).where(
     Tenant.id == bindparam("tenant_id", type_=Tenant.id.type)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRecord:
+    """A ``tenants`` row: the tenant and its quota overrides (None: the deployment default)."""
+
+    id: uuid.UUID
+    name: str
+    created_at: datetime
+    rate_limit_rps: float | None
+    max_queued_jobs: int | None
+    max_running_jobs: int | None
+    max_image_bytes: int | None
+    max_stored_bytes: int | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> TenantRecord:
+        return cls(**{c.key: row[c.key] for c in TENANT_COLUMNS})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An ``api_keys`` row without its secret hash."""
+
+    id: str
+    tenant_id: uuid.UUID
+    label: str | None
+    scopes: list[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> KeyRecord:
+        return cls(**{c.key: row[c.key] for c in KEY_COLUMNS})
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUsage:
+    """What a tenant's jobs of one status used (``usage_by_status``)."""
+
+    status: str
+    jobs: int
+    prompts: int
+    endpoint_calls: int
+    endpoint_seconds: float
+
+
+class TenantNameTaken(Exception):
+    """``insert_tenant``: another tenant has that name (names are unique)."""
+
+
+#: Built once: constructing the select per transaction cost more CPU than running it.
+_SET_TENANT = select(func.set_config("medparse.tenant_id", bindparam("tenant_id"), True))
+
+
+async def scope_to_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
+    """Row-level security (PostgreSQL) shows this transaction only ``tenant_id``'s rows; SQLite, the
+    embedded single-tenant-at-a-time store, has none, and every query carries its tenant filter."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
+
+
+async def fetch_tenants(conn: AsyncConnection) -> list[TenantRecord]:
+    return [TenantRecord.from_row(r) for r in (await conn.execute(list_tenants_stmt())).mappings()]
+
+
+async def fetch_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> TenantRecord | None:
+    row = (await conn.execute(select_tenant(tenant_id))).mappings().first()
+    return None if row is None else TenantRecord.from_row(row)
+
+
+async def tenant_id_named(conn: AsyncConnection, name: str) -> uuid.UUID | None:
+    tenant_id: uuid.UUID | None = (await conn.execute(select_tenant_by_name(name))).scalar_one_or_none()
+    return tenant_id
+
+
+async def insert_tenant(
+    conn: AsyncConnection, tenant_id: uuid.UUID, name: str, now: datetime, quotas: dict[str, Any]
+) -> TenantRecord:
+    """Raises ``TenantNameTaken`` (the transaction is then aborted)."""
+    try:
+        await conn.execute(insert_tenant_with_quotas_stmt(tenant_id, name, now, quotas))
+    except IntegrityError:
+        raise TenantNameTaken(name) from None
+    return TenantRecord.from_row((await conn.execute(select_tenant(tenant_id))).mappings().one())
+
+
+async def update_quotas(conn: AsyncConnection, tenant_id: uuid.UUID, quotas: dict[str, Any]) -> TenantRecord | None:
+    if quotas:
+        await conn.execute(update_quotas_stmt(tenant_id, quotas))
+    return await fetch_tenant(conn, tenant_id)
+
+
+async def fetch_keys(conn: AsyncConnection, tenant_id: uuid.UUID | None) -> list[KeyRecord]:
+    """``tenant_id``'s keys; None: every tenant's."""
+    return [KeyRecord.from_row(r) for r in (await conn.execute(list_keys_stmt(tenant_id))).mappings()]
+
+
+async def insert_key(
+    conn: AsyncConnection, tenant_id: uuid.UUID, scopes: list[str], now: datetime,
+    *, label: str | None, expires_at: datetime | None,
+) -> tuple[KeyRecord, str]:
+    """A new key of ``tenant_id``; returns it and its plaintext (shown once, never stored)."""
+    issued, secret_hash = new_api_key()
+    await conn.execute(
+        insert_labeled_key_stmt(issued, secret_hash, tenant_id, scopes, now, label=label, expires_at=expires_at)
+    )
+    row = (await conn.execute(select_key_public(issued.key_id))).mappings().one()
+    return KeyRecord.from_row(row), issued.plaintext
+
+
+async def revoke_key(
+    conn: AsyncConnection, key_id: str, now: datetime, *, tenant_id: uuid.UUID | None
+) -> tuple[KeyRecord | None, bool]:
+    """Revoke ``key_id`` (with ``tenant_id``: only if it is that tenant's). Returns the key (None:
+    no such key, or another tenant's) and whether this call revoked it (False: it was already)."""
+    revoke, select_key = revoke_key_stmt(key_id, now), select_key_public(key_id)
+    if tenant_id is not None:
+        owned = ApiKey.tenant_id == tenant_id
+        revoke, select_key = revoke.where(owned), select_key.where(owned)
+    revoked = (await conn.execute(revoke)).rowcount > 0
+    row = (await conn.execute(select_key)).mappings().first()
+    return (None if row is None else KeyRecord.from_row(row)), revoked
+
+
+async def find_key(engine: AsyncEngine, key_id: str) -> RowMapping | None:
+    """The key with its tenant's quota overrides (``SELECT_KEY``), for authenticating a request."""
+    async with engine.connect() as conn:
+        # One read: autocommit spares the BEGIN and ROLLBACK round trips around it.
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return (await conn.execute(SELECT_KEY, {"key_id": key_id})).mappings().first()
+
+
+async def stored_bytes(conn: AsyncConnection, tenant_id: uuid.UUID) -> int:
+    return int((await conn.execute(SELECT_STORED_BYTES, {"tenant_id": tenant_id})).scalar() or 0)
+
+
+async def own_max_stored_bytes(conn: AsyncConnection, tenant_id: uuid.UUID) -> int | None:
+    """The tenant's own stored-bytes quota; None: the deployment default."""
+    limit = (await conn.execute(SELECT_MAX_STORED_BYTES, {"tenant_id": tenant_id})).scalar()
+    return None if limit is None else int(limit)
+
+
+async def usage_by_status(
+    conn: AsyncConnection, tenant_id: uuid.UUID, start: datetime, end: datetime
+) -> list[StatusUsage]:
+    """The tenant's jobs created in [start, end), summed by status."""
+    stmt = (
+        select(
+            Job.status,
+            func.count(),
+            func.coalesce(func.sum(Job.prompt_count), 0),
+            func.coalesce(func.sum(Job.endpoint_calls), 0),
+            func.coalesce(func.sum(Job.endpoint_seconds), 0.0),
+        )
+        .where(Job.tenant_id == tenant_id, Job.created_at >= start, Job.created_at < end)
+        .group_by(Job.status)
+    )
+    return [
+        StatusUsage(status, int(count), int(prompts), int(calls), float(seconds))
+        for status, count, prompts, calls, seconds in (await conn.execute(stmt)).all()
+    ]

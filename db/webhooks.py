@@ -3,18 +3,37 @@
 
 Like ``db.jobs``, nothing here commits: callers run the statements in their own transaction.
 Every statement reached from the API takes a ``tenant_id``; the worker-side ones act on ids the
-system handed out. Delivery state changes are compare-and-set on ``status`` and ``attempts``.
+system handed out. Delivery state changes are the transitions of ``db.delivery_status``, written as
+compare-and-set UPDATEs on ``status`` (and ``attempts`` for the claim's owner). The dialect (Postgres or
+the embedded mode's SQLite) is decided here, from the connection, never by the callers.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Insert, Select, Update, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Insert,
+    Select,
+    Update,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from db.delivery_status import CLAIMABLE, REPLAYABLE, DeliveryStatus, check_transition
 from db.models import (
     Job,
     JobWebhook,
@@ -27,9 +46,6 @@ from db.models import (
 #: ``target`` of a delivery to the job's own ``webhook_url`` (else the endpoint id).
 JOB_TARGET = "job"
 
-PENDING, SENDING, SUCCEEDED, FAILED = "pending", "sending", "succeeded", "failed"
-DELIVERY_STATUSES = (PENDING, SENDING, SUCCEEDED, FAILED)
-
 ENDPOINT_COLUMNS = [
     WebhookEndpoint.id, WebhookEndpoint.url, WebhookEndpoint.description, WebhookEndpoint.event_types,
     WebhookEndpoint.disabled_at, WebhookEndpoint.disabled_reason, WebhookEndpoint.created_at,
@@ -38,7 +54,7 @@ ENDPOINT_COLUMNS = [
 DELIVERY_COLUMNS = [c for c in WebhookDelivery.__table__.c if c.name != "payload"]
 
 
-def insert_ignoring_duplicates(table: Any, dialect: str) -> Insert:
+def _insert_ignoring_duplicates(table: Any, dialect: str) -> Insert:
     """``INSERT ... ON CONFLICT DO NOTHING`` for the two dialects we run on."""
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
@@ -107,12 +123,12 @@ def failing_since_stmt(endpoint_id: uuid.UUID) -> Select[Any]:
     after its last success (NULL when the last delivery that ended succeeded)."""
     last_success = (
         select(func.max(WebhookDelivery.completed_at))
-        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == SUCCEEDED)
+        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.succeeded.value)
         .scalar_subquery()
     )
     return select(func.min(WebhookDelivery.created_at)).where(
         WebhookDelivery.endpoint_id == endpoint_id,
-        WebhookDelivery.status == FAILED,
+        WebhookDelivery.status == DeliveryStatus.failed.value,
         or_(last_success.is_(None), WebhookDelivery.created_at > last_success),
     )
 
@@ -127,11 +143,20 @@ def disable_endpoint_stmt(endpoint_id: uuid.UUID, *, now: datetime, reason: str)
 
 # --- the tenant's default secret ---------------------------------------------------------------
 
-def ensure_tenant_secret_stmt(dialect: str, tenant_id: uuid.UUID, secret: str, now: datetime) -> Insert:
-    """Creates the default secret on first use; a concurrent first use keeps the other's."""
-    return insert_ignoring_duplicates(WebhookTenantSecret, dialect).values(
+def _ensure_tenant_secret_stmt(dialect: str, tenant_id: uuid.UUID, secret: str, now: datetime) -> Insert:
+    return _insert_ignoring_duplicates(WebhookTenantSecret, dialect).values(
         tenant_id=tenant_id, secret=secret, created_at=now, updated_at=now
     )
+
+
+async def ensure_tenant_secret(conn: AsyncConnection, tenant_id: uuid.UUID, secret: str, now: datetime) -> None:
+    """Creates the tenant's default secret (``secret``) on first use; a concurrent first use keeps the other's."""
+    await conn.execute(_ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, secret, now))
+
+
+def ensure_tenant_secret_sync(conn: Connection, tenant_id: uuid.UUID, secret: str, now: datetime) -> None:
+    """``ensure_tenant_secret`` on a worker's (sync) connection."""
+    conn.execute(_ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, secret, now))
 
 
 def select_tenant_secret(tenant_id: uuid.UUID) -> Select[Any]:
@@ -202,18 +227,23 @@ def disable_job_webhook_stmt(job_id: uuid.UUID, *, now: datetime) -> Update:
 
 # --- deliveries ----------------------------------------------------------------------------------
 
-def insert_deliveries_stmt(dialect: str, rows: list[dict[str, Any]]) -> Insert:
+def insert_deliveries(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """The outbox rows of one job event; the (job_id, event_type, target) constraint makes a
     repeated event (a second claim after a lost lease) a no-op instead of a second delivery."""
-    return insert_ignoring_duplicates(WebhookDelivery, dialect).values(rows)
+    conn.execute(_insert_ignoring_duplicates(WebhookDelivery, conn.dialect.name).values(rows))
+
+
+#: When each claimable status is due, i.e. may be claimed at ``now``.
+_DUE_WHEN: dict[DeliveryStatus, Callable[[datetime], ColumnElement[bool]]] = {
+    DeliveryStatus.pending: lambda now: WebhookDelivery.next_attempt_at <= now,
+    # The task that was sending died (kill -9, lost worker): its lease ran out.
+    DeliveryStatus.sending: lambda now: WebhookDelivery.claimed_until < now,
+}
+assert set(_DUE_WHEN) == CLAIMABLE, "every status a claim may start from needs its due condition"
 
 
 def _due(now: datetime) -> Any:
-    return or_(
-        and_(WebhookDelivery.status == PENDING, WebhookDelivery.next_attempt_at <= now),
-        # The task that was sending died (kill -9, lost worker): its lease ran out.
-        and_(WebhookDelivery.status == SENDING, WebhookDelivery.claimed_until < now),
-    )
+    return or_(*(and_(WebhookDelivery.status == status.value, due(now)) for status, due in _DUE_WHEN.items()))
 
 
 def _not_recently_dispatched(dispatched_before: datetime) -> Any:
@@ -265,11 +295,14 @@ def unmark_dispatched_stmt(delivery_ids: list[uuid.UUID], *, now: datetime) -> U
 
 def claim_delivery_stmt(delivery_id: uuid.UUID, *, now: datetime, lease_until: datetime) -> Update:
     """due -> sending, numbering the attempt; RETURNING the attempt number (the claim token)."""
+    for status in CLAIMABLE:
+        check_transition(status, DeliveryStatus.sending)
     return (
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, _due(now))
         .values(
-            status=SENDING, attempts=WebhookDelivery.attempts + 1, claimed_until=lease_until, updated_at=now
+            status=DeliveryStatus.sending.value, attempts=WebhookDelivery.attempts + 1, claimed_until=lease_until,
+            updated_at=now,
         )
         .returning(
             WebhookDelivery.attempts, WebhookDelivery.tenant_id, WebhookDelivery.job_id,
@@ -281,26 +314,30 @@ def claim_delivery_stmt(delivery_id: uuid.UUID, *, now: datetime, lease_until: d
 def _update_own_claim(delivery_id: uuid.UUID, attempt: int) -> Update:
     """An UPDATE of a delivery still being sent under the claim that made ``attempt`` (compare-and-set)."""
     return update(WebhookDelivery).where(
-        WebhookDelivery.id == delivery_id, WebhookDelivery.status == SENDING, WebhookDelivery.attempts == attempt
+        WebhookDelivery.id == delivery_id,
+        WebhookDelivery.status == DeliveryStatus.sending.value,
+        WebhookDelivery.attempts == attempt,
     )
 
 
-def finish_attempt_stmt(delivery_id: uuid.UUID, attempt: int, **values: Any) -> Update:
-    """sending -> pending/succeeded/failed, only for the claim that made ``attempt``."""
+def finish_attempt_stmt(delivery_id: uuid.UUID, attempt: int, target: DeliveryStatus, **values: Any) -> Update:
+    """sending -> ``target`` (pending for a retry, succeeded or failed), only for the claim that made ``attempt``."""
+    check_transition(DeliveryStatus.sending, target)
     return (
         _update_own_claim(delivery_id, attempt)
-        .values(claimed_until=None, **values)
+        .values(status=target.value, claimed_until=None, **values)
     )
 
 
 def postpone_claim_stmt(delivery_id: uuid.UUID, attempt: int, *, now: datetime, next_attempt_at: datetime) -> Update:
     """sending -> pending without an attempt (no free per-tenant/per-host slot): the claim is undone,
     attempt number included, so it costs the delivery neither an attempt nor a retry step."""
+    check_transition(DeliveryStatus.sending, DeliveryStatus.pending)
     return (
         _update_own_claim(delivery_id, attempt)
         .values(
-            status=PENDING, attempts=WebhookDelivery.attempts - 1, claimed_until=None, dispatched_at=None,
-            next_attempt_at=next_attempt_at, updated_at=now,
+            status=DeliveryStatus.pending.value, attempts=WebhookDelivery.attempts - 1, claimed_until=None,
+            dispatched_at=None, next_attempt_at=next_attempt_at, updated_at=now,
         )
     )
 
@@ -314,7 +351,7 @@ def list_deliveries_stmt(
     *,
     job_id: uuid.UUID | None = None,
     endpoint_id: uuid.UUID | None = None,
-    status: str | None = None,
+    status: DeliveryStatus | None = None,
     after: tuple[datetime, uuid.UUID] | None = None,
     limit: int,
 ) -> Select[Any]:
@@ -325,7 +362,7 @@ def list_deliveries_stmt(
     if endpoint_id is not None:
         stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
     if status is not None:
-        stmt = stmt.where(WebhookDelivery.status == status)
+        stmt = stmt.where(WebhookDelivery.status == status.value)
     if after is not None:
         created_at, delivery_id = after
         stmt = stmt.where(
@@ -352,16 +389,18 @@ def select_attempts(delivery_ids: list[uuid.UUID]) -> Select[Any]:
 def redeliver_stmt(tenant_id: uuid.UUID, delivery_id: uuid.UUID, *, now: datetime) -> Update:
     """Any delivery not being sent right now goes back to ``pending``, due now, with a fresh
     retry schedule. The ``webhook-id`` stays the same: receivers dedupe on it."""
+    for status in REPLAYABLE:
+        check_transition(status, DeliveryStatus.pending)
     return (
         update(WebhookDelivery)
         .where(
             WebhookDelivery.id == delivery_id,
             WebhookDelivery.tenant_id == tenant_id,
-            WebhookDelivery.status != SENDING,
+            WebhookDelivery.status.in_([s.value for s in sorted(REPLAYABLE)]),
         )
         .values(
-            status=PENDING, failures=0, next_attempt_at=now, dispatched_at=None, claimed_until=None,
-            completed_at=None, updated_at=now,
+            status=DeliveryStatus.pending.value, failures=0, next_attempt_at=now, dispatched_at=None,
+            claimed_until=None, completed_at=None, updated_at=now,
         )
     )
 
@@ -370,11 +409,13 @@ def fail_pending_for_target_stmt(
     *, job_id: uuid.UUID | None = None, endpoint_id: uuid.UUID | None = None, now: datetime, error: str
 ) -> Update:
     """After a 410: the target's other waiting deliveries end ``failed`` without being sent."""
-    stmt = update(WebhookDelivery).where(WebhookDelivery.status == PENDING)
+    check_transition(DeliveryStatus.pending, DeliveryStatus.failed)
+    stmt = update(WebhookDelivery).where(WebhookDelivery.status == DeliveryStatus.pending.value)
     if endpoint_id is not None:
         stmt = stmt.where(WebhookDelivery.endpoint_id == endpoint_id)
     else:
         stmt = stmt.where(WebhookDelivery.job_id == job_id, WebhookDelivery.target == JOB_TARGET)
     return stmt.values(
-        status=FAILED, next_attempt_at=None, completed_at=now, updated_at=now, last_error=error[:200]
+        status=DeliveryStatus.failed.value, next_attempt_at=None, completed_at=now, updated_at=now,
+        last_error=error[:200],
     )

@@ -15,7 +15,6 @@ from gateway.http.auth import AuthCache
 from gateway.http.idempotency import idempotency_middleware
 from gateway.http.middleware import auth_middleware, body_deadline_middleware, problems_middleware
 from gateway.http.ratelimit import ConcurrentRequests, RateLimiter
-from gateway.http.tenancy import QueuedJobsGauge
 from gateway.jobs.dispatch import DispatchNudger
 from gateway.jobs.events import JobEventListener
 from gateway.jobs.writer import JobWriter
@@ -33,6 +32,7 @@ from gateway.keys import (
     SETTINGS,
 )
 from gateway.routes import setup_routes
+from gateway.tenancy import QueuedJobsGauge
 from medparse.decode_pool import DEFAULT_PRELOAD, DecodePool
 from medparse.settings import Settings, masked_url
 
@@ -73,7 +73,7 @@ async def _events(app: web.Application) -> AsyncIterator[None]:
 
 async def _decode_pool(app: web.Application) -> AsyncIterator[None]:
     # Processes start on the first decode, so an app that never decodes (most tests) pays nothing.
-    preload = (*DEFAULT_PRELOAD, "gateway.jobs.medical", "gateway.results.handlers")
+    preload = (*DEFAULT_PRELOAD, "gateway.jobs.medical", "gateway.results.render")
     pool = DecodePool.from_settings(app[SETTINGS], preload=preload)
     app[DECODE_POOL] = pool
     yield

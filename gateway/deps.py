@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.http.tenancy import QueuedJobsGauge
 from gateway.jobs.dispatch import DispatchNudger
 from gateway.jobs.events import JobEventListener
 from gateway.jobs.writer import JobWriter
+from gateway.tenancy import QueuedJobsGauge
 from medparse.decode_pool import DecodePool
 from medparse.settings import Settings
 

@@ -92,3 +92,45 @@ class Unprocessable(DomainError):
 
 class Busy(DomainError):
     """A shared resource is saturated (503); ``retry_after`` says when to try again."""
+
+
+class Gone(DomainError):
+    """What the request needs existed once and was deleted for good, e.g. by retention (410)."""
+
+
+class MaskNotFound(NotFound):
+    """No mask with that index (404 ``mask_not_found``); ``detail`` may say how many there are."""
+
+    def __init__(self, detail: str = "no such mask") -> None:
+        super().__init__("mask")
+        self.detail = detail
+        self.args = (detail,)
+
+
+class WebhookTargetRefused(InvalidField):
+    """A webhook URL the SSRF policy refuses (422 ``webhook_target_refused``; ``invalid_field`` when
+    it is not a usable URL at all); ``reason`` is the policy's name for why."""
+
+    def __init__(self, field: str, message: str, reason: str) -> None:
+        super().__init__(field, message, code="invalid_field" if reason == "invalid_url" else "webhook_target_refused")
+        self.fields = [{"field": field, "message": message, "reason": reason}]
+        self.reason = reason
+
+
+class TenantNotFound(NotFound):
+    """No tenant with that id (404 ``tenant_not_found``), or, given ``name``, with that name."""
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__("tenant")
+        if name is not None:
+            self.detail = f"no tenant named {name!r}"
+            self.args = (self.detail,)
+
+
+class KeyNotActive(NotFound):
+    """No key with that id that is not revoked yet (404 ``key_not_found``): the CLI's revoke."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__("key")
+        self.detail = f"no active key {key_id!r}"
+        self.args = (self.detail,)

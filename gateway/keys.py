@@ -8,10 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.deps import GatewayDeps
 from gateway.http.auth import AuthCache
 from gateway.http.ratelimit import ConcurrentRequests, RateLimiter
-from gateway.http.tenancy import QueuedJobsGauge
 from gateway.jobs.dispatch import DispatchNudger
 from gateway.jobs.events import JobEventListener
 from gateway.jobs.writer import JobWriter
+from gateway.tenancy import QueuedJobsGauge
 from medparse.decode_pool import DecodePool
 from medparse.settings import Settings
 

@@ -1,262 +1,188 @@
-"""OpenAPI 3.1 document, generated from the same pydantic schemas the handlers use."""
+"""The OpenAPI 3.1 document, generated from the route table (gateway/routes.py).
+
+Paths come from each ``Route``'s metadata, components from the pydantic models those routes read and
+write, so a route added to the table is documented by the same edit. The vocabulary routes describe
+themselves with (``Param``, ``Body``, ``Reply``) lives here.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 import medparse
-from gateway.admin.schemas import (
-    KeyCreate,
-    KeyCreatedPublic,
-    KeyPublic,
-    KeysPublic,
-    TenantCreate,
-    TenantPublic,
-    TenantQuotasPatch,
-    TenantsPublic,
-    UsagePublic,
-)
 from gateway.http import idempotency
-from gateway.jobs.schemas import (
-    INT32_MAX,
-    HealthPublic,
-    JobCreateJson,
-    JobOptions,
-    JobPublic,
-    JobsPublic,
-    ProblemPublic,
-)
-from gateway.webhooks.openapi import FORM_FIELDS, INPUT_MODELS, OUTPUT_MODELS, webhook_paths
+from gateway.jobs.schemas import JobOptions, ProblemPublic
+
+if TYPE_CHECKING:
+    from gateway.routes import Route
 
 REF = "#/components/schemas/{model}"
+SECURITY_SCHEME = "apiKey"
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": REF.format(model=name)}
+@dataclass(frozen=True)
+class Param:
+    """A query or header parameter (path parameters come from the path: ``PATH_PARAMS``)."""
+
+    name: str
+    location: Literal["query", "header"]
+    schema: Mapping[str, Any]
+    required: bool = False
+    description: str | None = None
 
 
-def _json(name: str) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": _ref(name)}}}
+@dataclass(frozen=True)
+class Body:
+    """A JSON request body of ``model``; ``form``: the same request may also come as multipart/form-data."""
+
+    model: type[BaseModel]
+    form: Mapping[str, Any] | None = None
 
 
-PROBLEM = {"content": {"application/problem+json": {"schema": _ref("ProblemPublic")}}}
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
-    "description": "same key + same request replays the first response; another request -> 422; in flight -> 409",
+@dataclass(frozen=True)
+class Reply:
+    """A successful answer: JSON of ``model``, or the raw ``media`` types (with an optional ``schema``)."""
+
+    status: int
+    description: str
+    model: type[BaseModel] | None = None
+    media: tuple[str, ...] = ()
+    schema: Mapping[str, Any] | None = None
+
+
+def _uuid(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+
+
+#: Every path parameter of the API, by the name routes give it in their path.
+PATH_PARAMS: Mapping[str, dict[str, Any]] = {
+    "job_id": _uuid("job_id"),
+    "tenant_id": _uuid("tenant_id"),
+    "webhook_id": _uuid("webhook_id"),
+    "delivery_id": _uuid("delivery_id"),
+    "index": {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}},
+    "key_id": {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}},
 }
-TENANT_ID = {"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-PREFER = {
-    "name": "Prefer", "in": "header", "required": False, "schema": {"type": "string", "example": "wait=10"},
-    "description": "wait=N (N <= max_wait_seconds) holds the answer until the job is terminal or N seconds pass",
-}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+IDEMPOTENCY_KEY = Param(
+    idempotency.HEADER, "header", {"type": "string", "maxLength": idempotency.MAX_KEY_CHARS},
+    description="same key + same request replays the first response; another request -> 422; in flight -> 409",
+)
+PREFER = Param(
+    "Prefer", "header", {"type": "string", "example": "wait=10"},
+    description="wait=N (N <= max_wait_seconds) holds the answer until the job is terminal or N seconds pass",
+)
+LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1})
+CURSOR = Param("cursor", "query", {"type": "string"})
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): {"description": "problem", **PROBLEM} for c in codes}
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
 
 
-@cache
-def build_document() -> dict[str, Any]:
-    _, schemas = models_json_schema(
-        [(m, "validation") for m in (JobCreateJson, JobOptions, TenantCreate, TenantQuotasPatch, KeyCreate)]
-        + [(m, "serialization") for m in (
-            JobPublic, JobsPublic, ProblemPublic, HealthPublic, TenantPublic, TenantsPublic, KeyPublic,
-            KeyCreatedPublic, KeysPublic, UsagePublic,
-        )]
-        + [(m, "validation") for m in INPUT_MODELS] + [(m, "serialization") for m in OUTPUT_MODELS],
-        ref_template=REF,
-    )
-    multipart = {
-        "type": "object",
-        "required": ["image", "prompts"],
-        "properties": {
-            "image": {"type": "string", "contentMediaType": "application/octet-stream"},
-            "prompts": {"type": "string", "example": "liver & kidney"},
-            "options": {"type": "string", "description": "JSON of JobOptions"},
-            **FORM_FIELDS,
-        },
-    }
-    auth_errors = _errors(401, 403)
-    paths: dict[str, Any] = {
-        "/v1/jobs": {
-            "post": {
-                "operationId": "createJob",
-                "parameters": [PREFER, IDEMPOTENCY_KEY],
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {"schema": multipart},
-                        "application/json": {"schema": _ref("JobCreateJson")},
-                    },
-                },
-                "responses": {"202": {"description": "accepted", **_json("JobPublic")},
-                              **_errors(400, 413, 415, 422), **auth_errors},
-            },
-            "get": {
-                "operationId": "listJobs",
-                "parameters": [
-                    {"name": "status", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                ],
-                "responses": {"200": {"description": "jobs, newest first", **_json("JobsPublic")},
-                              **_errors(400), **auth_errors},
-            },
-        },
-        "/v1/jobs/{job_id}": {
-            "get": {
-                "operationId": "getJob", "parameters": [JOB_ID, PREFER],
-                "responses": {"200": {"description": "the job", **_json("JobPublic")}, **_errors(404), **auth_errors},
-            },
-            "delete": {
-                "operationId": "deleteJob", "parameters": [JOB_ID],
-                "responses": {"204": {"description": "the job and all its data are gone"}, **_errors(404),
-                              **auth_errors},
-            },
-        },
-        "/v1/jobs/{job_id}/cancel": {"post": {
-            "operationId": "cancelJob", "parameters": [JOB_ID],
-            "responses": {"200": {"description": "canceled", **_json("JobPublic")}, **_errors(404, 409), **auth_errors},
-        }},
-        "/v1/jobs/{job_id}/masks/{index}": {"get": {
-            "operationId": "getMaskPng",
-            "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True, "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "0/255 PNG at the original size",
-                                  "content": {"image/png": {}}}, **_errors(404, 409), **auth_errors},
-        }},
-        "/v1/jobs/{job_id}/masks.npz": {"get": {
-            "operationId": "getMasksNpz", "parameters": [JOB_ID],
-            "responses": {"200": {"description": "uint8 array 'masks' (N, H, W) with 0/1 values",
-                                  "content": {"application/octet-stream": {}}}, **_errors(404, 409), **auth_errors},
-        }},
-        "/v1/jobs/{job_id}/result": {"get": {
-            "operationId": "getResult",
-            "description": "every output format of a succeeded job (gateway/results/handlers.py); provenance in the "
-                           "body where the format allows and in the Medparse-Provenance header",
-            "parameters": [
-                JOB_ID,
-                {"name": "format", "in": "query", "required": True,
-                 "schema": {"type": "string", "enum": ["png", "npz", "rle", "overlay", "nifti", "dicom-seg"]}},
-                {"name": "mask", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
-                 "description": "one prompt's mask (default all; png: 0)"},
-                {"name": "slice", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": INT32_MAX},
-                 "description": "volume slice for png/overlay (default: the one with the most mask voxels); "
-                                "400 on a 2-D result or another format"},
-            ],
-            "responses": {"200": {"description": "the result in the requested format", "content": {
-                "image/png": {}, "application/octet-stream": {}, "application/json": {}, "application/gzip": {},
-                "application/dicom": {}}}, **_errors(400, 404, 409, 410), **auth_errors},
-        }},
-        "/v1/usage": {"get": {
-            "operationId": "getUsage",
-            "description": "The caller's tenant (a key with jobs:read or admin); the operator names one with "
-                           "tenant_id. Instants between 1970-01-01 and 9000-01-01.",
-            "parameters": [
-                *({"name": n, "in": "query", "schema": {"type": "string", "format": "date-time"}}
-                  for n in ("from", "to")),
-                {"name": "tenant_id", "in": "query", "schema": {"type": "string", "format": "uuid"},
-                 "description": "operator credential only: whose usage"},
-            ],
-            "responses": {"200": {"description": "usage of the caller's tenant", **_json("UsagePublic")},
-                          **_errors(400), **auth_errors},
-        }},
-        "/v1/operator/audit": {"get": {
-            "operationId": "operatorAudit",
-            "description": "One tenant's audit entries, newest first (operator credential only).",
-            "parameters": [
-                {"name": "tenant_id", "in": "query", "required": True, "schema": {"type": "string", "format": "uuid"}},
-                {"name": "job_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
-                {"name": "since", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                {"name": "action", "in": "query", "schema": {"type": "string"}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-            ],
-            "responses": {"200": {"description": "audit entries: {\"data\": [...]}",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}},
-                          **_errors(400), **auth_errors},
-        }},
-        "/v1/admin/tenants": {
-            "get": {"operationId": "adminListTenants", "description": OPERATOR_ONLY,
-                    "responses": {"200": {"description": "tenants", **_json("TenantsPublic")}, **auth_errors}},
-            "post": {"operationId": "adminCreateTenant", "description": OPERATOR_ONLY,
-                     "requestBody": {"required": True, **_json("TenantCreate")},
-                     "responses": {"201": {"description": "created", **_json("TenantPublic")},
-                                   **_errors(409, 422), **auth_errors}},
-        },
-        "/v1/admin/tenants/{tenant_id}": {"patch": {
-            "operationId": "adminUpdateTenant", "description": OPERATOR_ONLY, "parameters": [TENANT_ID],
-            "requestBody": {"required": True, **_json("TenantQuotasPatch")},
-            "responses": {"200": {"description": "updated", **_json("TenantPublic")},
-                          **_errors(404, 422), **auth_errors},
-        }},
-        "/v1/admin/tenants/{tenant_id}/keys": {
-            "get": {"operationId": "adminListKeys", "description": TENANT_ADMIN, "parameters": [TENANT_ID],
-                    "responses": {"200": {"description": "keys (no secrets)", **_json("KeysPublic")},
-                                  **_errors(404), **auth_errors}},
-            "post": {"operationId": "adminCreateKey", "parameters": [TENANT_ID],
-                     "description": TENANT_ADMIN + " A tenant's admin key grants only scopes it holds (403 "
-                                    "scope_not_held otherwise).",
-                     "requestBody": {"required": True, **_json("KeyCreate")},
-                     "responses": {"201": {"description": "the key, shown once", **_json("KeyCreatedPublic")},
-                                   **_errors(404, 422), **auth_errors}},
-        },
-        "/v1/admin/keys/{key_id}/revoke": {"post": {
-            "operationId": "adminRevokeKey", "description": TENANT_ADMIN,
-            "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "revoked (immediately)", **_json("KeyPublic")},
-                          **_errors(404), **auth_errors},
-        }},
-        "/healthz": {"get": {"operationId": "healthz", "security": [],
-                             "responses": {"200": {"description": "alive", **_json("HealthPublic")}}}},
-        "/readyz": {"get": {"operationId": "readyz", "security": [],
-                            "responses": {"200": {"description": "ready", **_json("HealthPublic")},
-                                          "503": {"description": "not ready", **_json("HealthPublic")}}}},
-    }
-    paths.update(webhook_paths())  # gateway/webhooks/openapi.py
-    _document_idempotency_keys(paths)
+def _param(param: Param) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": param.name, "in": param.location}
+    if param.required:
+        out["required"] = True
+    out["schema"] = dict(param.schema)
+    if param.description is not None:
+        out["description"] = param.description
+    return out
+
+
+def _reply(reply: Reply) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": reply.description}
+    if reply.model is not None:
+        out["content"] = {"application/json": {"schema": _ref(reply.model)}}
+    elif reply.media:
+        media: dict[str, Any] = {"schema": dict(reply.schema)} if reply.schema is not None else {}
+        out["content"] = {media_type: media for media_type in reply.media}
+    return out
+
+
+def _problem() -> dict[str, Any]:
+    return {"description": "problem", "content": {"application/problem+json": {"schema": _ref(ProblemPublic)}}}
+
+
+def takes_idempotency_key(route: Route) -> bool:
+    """Every POST takes an Idempotency-Key (gateway/http/idempotency.py) but those whose answer holds a secret."""
+    return route.method == "POST" and idempotency.handling_of(route.handler) is not idempotency.KeyHandling.REFUSED
+
+
+def operation(route: Route) -> dict[str, Any]:
+    """One route's OpenAPI operation object."""
+    parameters = [PATH_PARAMS[name] for name in _PLACEHOLDER.findall(route.path)]
+    parameters += [_param(p) for p in route.params]
+    if takes_idempotency_key(route) and IDEMPOTENCY_KEY not in route.params:
+        parameters.append(_param(IDEMPOTENCY_KEY))
+    op: dict[str, Any] = {"operationId": route.operation_id, "summary": route.summary, "tags": [route.tag]}
+    if route.description is not None:
+        op["description"] = route.description
+    if parameters:
+        op["parameters"] = parameters
+    if route.body is not None:
+        content: dict[str, Any] = {}
+        if route.body.form is not None:
+            content["multipart/form-data"] = {"schema": dict(route.body.form)}
+        content["application/json"] = {"schema": _ref(route.body.model)}
+        op["requestBody"] = {"required": True, "content": content}
+    responses = {str(r.status): _reply(r) for r in route.replies}
+    # A credential is needed under /v1 only (gateway/http/middleware.py): 401 without one, 403 without the scope.
+    errors = (*route.errors, 401, 403) if route.scopes else route.errors
+    responses.update({str(status): _problem() for status in errors})
+    op["responses"] = responses
+    # OpenAPI 3.1 lets a bearer scheme list role names; one requirement per role: any one of them will do.
+    op["security"] = [{SECURITY_SCHEME: [scope]} for scope in route.scopes]
+    return op
+
+
+def _models(routes: Iterable[Route]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    # JobOptions is the JSON of the multipart ``options`` field: named by a description, not a $ref.
+    found: dict[type[BaseModel], JsonSchemaMode] = {JobOptions: "validation", ProblemPublic: "serialization"}
+    for route in routes:
+        if route.body is not None:
+            found.setdefault(route.body.model, "validation")
+        for reply in route.replies:
+            if reply.model is not None:
+                found.setdefault(reply.model, "serialization")
+    return list(found.items())
+
+
+def build_document(routes: Sequence[Route]) -> dict[str, Any]:
+    documented = [r for r in routes if r.documented]
+    _, schemas = models_json_schema(_models(documented), ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in documented:
+        paths.setdefault(route.path, {})[route.method.lower()] = operation(route)
     return {
         "openapi": "3.1.0",
         "info": {"title": "medparse-gateway", "version": medparse.__version__},
+        "tags": [{"name": tag} for tag in dict.fromkeys(r.tag for r in documented)],
         "components": {
             "schemas": schemas.get("$defs", {}),
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {SECURITY_SCHEME: {"type": "http", "scheme": "bearer"}},
         },
-        "security": [{"apiKey": []}],
+        "security": [{SECURITY_SCHEME: []}],
         "paths": paths,
     }
 
 
-OPERATOR_ONLY = (
-    "Operator only: the credential whose SHA-256 is MEDPARSE_OPERATOR_TOKEN_SHA256 (or the CLI). "
-    "A tenant's key, admin or not, gets 403 operator_required."
-)
-TENANT_ADMIN = (
-    "The operator, or an admin key of the tenant itself; another tenant's admin key gets the 404 of a "
-    "tenant (or key) that does not exist."
-)
+@cache
+def served_document() -> bytes:
+    from gateway.routes import ROUTES  # imported here: the route table routes to ``serve``
 
-
-def _camel(route_name: str) -> str:
-    first, *rest = route_name.split("_")
-    return first + "".join(word.title() for word in rest)
-
-
-def _document_idempotency_keys(paths: dict[str, Any]) -> None:
-    """Every POST takes an Idempotency-Key (gateway/http/idempotency.py) but those whose answer holds a secret."""
-    refused = {_camel(name) for name in idempotency.NOT_REPLAYABLE_ROUTES}
-    for path_item in paths.values():
-        operation = path_item.get("post")
-        if operation is None or operation["operationId"] in refused:
-            continue
-        parameters = operation.setdefault("parameters", [])
-        if IDEMPOTENCY_KEY not in parameters:
-            parameters.append(IDEMPOTENCY_KEY)
+    return orjson.dumps(build_document(ROUTES))
 
 
 async def serve(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(build_document()), content_type="application/json")
+    return web.Response(body=served_document(), content_type="application/json")

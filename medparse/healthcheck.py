@@ -27,10 +27,11 @@ def http_ok(url: str, timeout_s: float = 3.0) -> bool:
 def worker_answers(settings: Settings, role: str, timeout_s: float = 5.0) -> bool:
     from celery import Celery
 
+    from medparse.backends import job_queue
     from medparse.queue import celery_config
 
     app = Celery("medparse-healthcheck", set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app.conf.update(celery_config(settings, job_queue(settings)))
     try:
         replies = app.control.ping(destination=[f"{role}@{socket.gethostname()}"], timeout=timeout_s)
     except Exception:  # the broker is unreachable: not healthy

@@ -7,25 +7,18 @@ One place decides which route serves a job's masks: a volume's masks are 3-D, so
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
-from typing import Any
 
 
 def job_path(job_id: uuid.UUID | str) -> str:
     return f"/v1/jobs/{job_id}"
 
 
-def is_volume(row: Mapping[Any, Any]) -> bool:
-    """Whether ``row`` (a ``jobs`` row) is a 3-D job: DICOM series or NIfTI volume."""
-    meta = row.get("input_meta") or {}
-    return meta.get("kind") == "volume"
+def npz_path(job_id: uuid.UUID | str, *, volume: bool) -> str:
+    """All masks of a job; ``volume``: the job is 3-D (DICOM series or NIfTI volume)."""
+    base = job_path(job_id)
+    return f"{base}/result?format=npz" if volume else f"{base}/masks.npz"
 
 
-def npz_path(row: Mapping[Any, Any]) -> str:
-    base = job_path(row["id"])
-    return f"{base}/result?format=npz" if is_volume(row) else f"{base}/masks.npz"
-
-
-def mask_path(row: Mapping[Any, Any], index: int) -> str:
-    base = job_path(row["id"])
-    return f"{base}/result?format=npz&mask={index}" if is_volume(row) else f"{base}/masks/{index}"
+def mask_path(job_id: uuid.UUID | str, index: int, *, volume: bool) -> str:
+    base = job_path(job_id)
+    return f"{base}/result?format=npz&mask={index}" if volume else f"{base}/masks/{index}"

@@ -7,11 +7,19 @@ import asyncio
 import logging
 import os
 import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from db.tenants import DEFAULT_SCOPES
 from medparse.settings import Settings
+
+if TYPE_CHECKING:
+    from db.tenants import KeyRecord
+    from gateway.deps import Store
+
+T = TypeVar("T")
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -104,29 +112,47 @@ def cmd_emulator(settings: Settings, args: argparse.Namespace) -> None:
     run_from_args(args)
 
 
+def _administer(settings: Settings, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run ``work``, made of the admin use cases the API runs too (gateway/admin/services.py), on a
+    ``Store`` of the CLI's own: the system role's login (it sees every tenant), disposed of after.
+    A refusal (a domain error) exits non-zero with its detail."""
+    from db.engine import make_async_engine
+    from gateway.deps import Store
+    from gateway.errors import DomainError
+
+    async def run() -> T:
+        engine = make_async_engine(settings, system_scope=True)
+        try:
+            return await work(Store(engine, settings))
+        finally:
+            await engine.dispose()
+
+    try:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run())
+        # Called from a coroutine (the embedded runner, async tests): an event loop of its own, on a
+        # thread, while the caller's waits as it did for the synchronous CLI.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, run()).result()
+    except DomainError as error:
+        raise SystemExit(error.detail) from None
+
+
 def create_tenant(
     settings: Settings, name: str, *, reuse: bool = False, scopes: list[str] | None = None
 ) -> tuple[uuid.UUID, str]:
     """Create tenant ``name`` (or reuse it) and a new API key for it; returns (id, key)."""
-    from db.tenants import insert_key_stmt, insert_tenant_stmt, new_api_key, select_tenant_by_name
+    from gateway.admin import services
 
-    engine = _engine(settings)
-    now = datetime.now(UTC)
-    try:
-        with engine.begin() as conn:
-            tenant_id = conn.execute(select_tenant_by_name(name)).scalar_one_or_none()
-            if tenant_id is not None and not reuse:
-                raise SystemExit(f"tenant {name!r} already exists")
-            if tenant_id is None:
-                tenant_id = uuid.uuid4()
-                conn.execute(insert_tenant_stmt(tenant_id, name, now))
-                _audit_cli(conn, "tenant.create", tenant_id=tenant_id)
-            issued, secret_hash = new_api_key()
-            conn.execute(insert_key_stmt(issued, secret_hash, tenant_id, scopes or DEFAULT_SCOPES, now))
-            _audit_cli(conn, "key.mint", tenant_id=tenant_id, target=f"key:{issued.key_id}")
-    finally:
-        engine.dispose()
-    return tenant_id, issued.plaintext
+    async def create(store: Store) -> tuple[uuid.UUID, str]:
+        tenant, made = await services.onboard_tenant(
+            store, name, scopes or DEFAULT_SCOPES, reuse=reuse, audit_actor="cli"
+        )
+        return tenant.id, made.plaintext
+
+    return _administer(settings, create)
 
 
 def cmd_tenant(settings: Settings, args: argparse.Namespace) -> None:
@@ -137,76 +163,61 @@ def cmd_tenant(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_tenant_list(settings: Settings, args: argparse.Namespace) -> None:
-    from db import tenants
+    from gateway.admin import services
 
-    with _engine(settings).begin() as conn:
-        for row in conn.execute(tenants.list_tenants_stmt()).mappings():
-            quotas = {k: row[k] for k in (
-                "rate_limit_rps", "max_queued_jobs", "max_running_jobs", "max_image_bytes", "max_stored_bytes",
-            )}
-            overrides = ", ".join(f"{k}={v}" for k, v in quotas.items() if v is not None) or "defaults"
-            print(f"{row['id']}  {row['name']}  ({overrides})")
+    for tenant in _administer(settings, services.list_tenants):
+        quotas = {k: getattr(tenant, k) for k in (
+            "rate_limit_rps", "max_queued_jobs", "max_running_jobs", "max_image_bytes", "max_stored_bytes",
+        )}
+        overrides = ", ".join(f"{k}={v}" for k, v in quotas.items() if v is not None) or "defaults"
+        print(f"{tenant.id}  {tenant.name}  ({overrides})")
 
 
 def cmd_key_create(settings: Settings, args: argparse.Namespace) -> None:
-    from db import tenants
+    from gateway.admin import services
 
-    now = datetime.now(UTC)
-    expires = now + timedelta(days=args.expires_days) if args.expires_days else None
-    issued, secret_hash = tenants.new_api_key()
-    with _engine(settings).begin() as conn:
-        tenant_id = conn.execute(tenants.select_tenant_by_name(args.tenant)).scalar_one_or_none()
-        if tenant_id is None:
-            raise SystemExit(f"no tenant named {args.tenant!r}")
-        conn.execute(tenants.insert_labeled_key_stmt(
-            issued, secret_hash, tenant_id, sorted(set(args.scope or DEFAULT_SCOPES)), now,
-            label=args.label, expires_at=expires,
-        ))
-        _audit_cli(conn, "key.mint", tenant_id=tenant_id, target=f"key:{issued.key_id}")
-    print(f"key id {issued.key_id} for tenant {args.tenant}")
-    print(f"API key: {issued.plaintext}")
+    expires = datetime.now(UTC) + timedelta(days=args.expires_days) if args.expires_days else None
+
+    async def create(store: Store) -> services.NewKey:
+        tenant = await services.tenant_named(store, args.tenant)
+        return await services.create_key(
+            store, tenant.id, sorted(set(args.scope or DEFAULT_SCOPES)), label=args.label, expires_at=expires,
+            audit_actor="cli",
+        )
+
+    made = _administer(settings, create)
+    print(f"key id {made.key.id} for tenant {args.tenant}")
+    print(f"API key: {made.plaintext}")
 
 
 def cmd_key_revoke(settings: Settings, args: argparse.Namespace) -> None:
-    from db import tenants
+    from gateway.admin import services
 
-    with _engine(settings).begin() as conn:
-        revoked = conn.execute(tenants.revoke_key_stmt(args.key_id, datetime.now(UTC))).rowcount
-        if revoked:
-            _audit_cli(conn, "key.revoke", target=f"key:{args.key_id}"[:200])
-    if not revoked:
-        raise SystemExit(f"no active key {args.key_id!r}")
+    _administer(settings, lambda store: services.revoke_key(
+        store, args.key_id, tenant_id=None, only_active=True, audit_actor="cli"
+    ))
     print(f"revoked {args.key_id}")
 
 
 def cmd_key_list(settings: Settings, args: argparse.Namespace) -> None:
-    from db import tenants
+    from gateway.admin import services
 
-    with _engine(settings).begin() as conn:
-        tenant_id = None
-        if args.tenant:
-            tenant_id = conn.execute(tenants.select_tenant_by_name(args.tenant)).scalar_one_or_none()
-            if tenant_id is None:
-                raise SystemExit(f"no tenant named {args.tenant!r}")
-        for row in conn.execute(tenants.list_keys_stmt(tenant_id)).mappings():
-            state = "revoked" if row["revoked_at"] else "active"
-            print(f"{row['id']}  tenant={row['tenant_id']}  scopes={','.join(row['scopes'])}  {state}"
-                  f"  label={row['label'] or '-'}  expires={row['expires_at'] or 'never'}")
+    async def keys(store: Store) -> list[KeyRecord]:
+        tenant_id = (await services.tenant_named(store, args.tenant)).id if args.tenant else None
+        return await services.list_keys(store, tenant_id)
 
-
-def _audit_cli(conn: Any, action: str, *, tenant_id: uuid.UUID | None = None, target: str | None = None) -> None:
-    """An operator action taken from the CLI, in the audit log (in the action's own transaction)."""
-    from db.audit import INSERT_ENTRY, AuditEntry
-
-    entry = AuditEntry(at=datetime.now(UTC), actor="cli", action=action, tenant_id=tenant_id, target=target)
-    conn.execute(INSERT_ENTRY, entry.params())
+    for key in _administer(settings, keys):
+        state = "revoked" if key.revoked_at else "active"
+        print(f"{key.id}  tenant={key.tenant_id}  scopes={','.join(key.scopes)}  {state}"
+              f"  label={key.label or '-'}  expires={key.expires_at or 'never'}")
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
     """The audit log, newest first: who read, deleted or changed which job, key or webhook."""
     import json
+    from dataclasses import asdict
 
-    from db import audit, tenants
+    from gateway.admin import services
 
     since = None
     if args.since:
@@ -215,36 +226,27 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> None:
         except ValueError:
             raise SystemExit(f"--since: not an ISO 8601 date or date-time: {args.since!r}") from None
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
-    with _engine(settings).begin() as conn:
-        tenant_id = None
-        if args.tenant:
-            try:
-                tenant_id = uuid.UUID(args.tenant)
-            except ValueError:
-                tenant_id = conn.execute(tenants.select_tenant_by_name(args.tenant)).scalar_one_or_none()
-                if tenant_id is None:
-                    raise SystemExit(f"no tenant named {args.tenant!r}") from None
+    tenant_id = None
+    if args.tenant:
         try:
-            job_id = uuid.UUID(args.job) if args.job else None
+            tenant_id = uuid.UUID(args.tenant)
         except ValueError:
-            raise SystemExit(f"--job: not a job id: {args.job!r}") from None
-        stmt = audit.select_entries(tenant_id=tenant_id, job_id=job_id, since=since, action=args.action,
-                                    limit=args.limit)
-        rows = conn.execute(stmt).mappings().all()
-    for row in rows:
+            tenant_id = _administer(settings, lambda store: services.tenant_named(store, args.tenant)).id
+    try:
+        job_id = uuid.UUID(args.job) if args.job else None
+    except ValueError:
+        raise SystemExit(f"--job: not a job id: {args.job!r}") from None
+    entries = _administer(settings, lambda store: services.audit_entries(
+        store, tenant_id=tenant_id, job_id=job_id, since=since, action=args.action, limit=args.limit,
+    ))
+    for entry in entries:
         if args.json:
             print(json.dumps({k: (str(v) if v is not None and k in ("at", "tenant_id", "job_id") else v)
-                              for k, v in row.items()}))
+                              for k, v in asdict(entry).items()}))
         else:
-            print(f"{row['at']:%Y-%m-%dT%H:%M:%S%z}  {row['actor']:<8} {row['key_id'] or '-':<14} {row['action']:<22}"
-                  f" tenant={row['tenant_id'] or '-'} job={row['job_id'] or '-'} target={row['target'] or '-'}"
-                  f" request={row['request_id'] or '-'}")
-
-
-def _engine(settings: Settings) -> Any:
-    from db.engine import make_sync_engine
-
-    return make_sync_engine(settings, system_scope=True)
+            print(f"{entry.at:%Y-%m-%dT%H:%M:%S%z}  {entry.actor:<8} {entry.key_id or '-':<14} {entry.action:<22}"
+                  f" tenant={entry.tenant_id or '-'} job={entry.job_id or '-'} target={entry.target or '-'}"
+                  f" request={entry.request_id or '-'}")
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> None:

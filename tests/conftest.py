@@ -71,3 +71,11 @@ def embedded_settings(tmp_path: Path) -> Settings:
     settings = Settings(data_dir=tmp_path / "var")
     upgrade(settings)
     return settings
+
+
+@pytest.fixture(params=["postgres", "embedded"])
+def backend_settings(request: pytest.FixtureRequest) -> Settings:
+    """Each backend in turn, for tests whose claim must hold on both: Postgres + Redis (``pg_settings``),
+    then the embedded SQLite + filesystem queue (``embedded_settings``)."""
+    settings: Settings = request.getfixturevalue("pg_settings" if request.param == "postgres" else "embedded_settings")
+    return settings

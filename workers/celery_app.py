@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from medparse.backends import job_queue
 from medparse.queue import SEGMENT_QUEUE, celery_config
 from medparse.settings import Settings
 from workers.context import ContextHolder
@@ -32,7 +33,7 @@ ROLE_QUEUES = {"segmentation": SEGMENT_QUEUE, "webhooks": WEBHOOK_QUEUE}
 def make_celery(settings: Settings, *, sweeper: bool = True) -> Celery:
     """The segmentation role. ``sweeper=False`` (tests): no background dispatcher or sweeper threads."""
     app = Celery("medparse-worker", set_as_current=True)
-    app.conf.update(celery_config(settings))
+    app.conf.update(celery_config(settings, job_queue(settings)))
     declare_webhook_queue(app)  # declared, never consumed here: the webhook role's
     dispatcher: Dispatcher | None = None
     holder = ContextHolder(settings, app, wake_dispatcher=lambda: dispatcher.wake() if dispatcher else None)
@@ -57,6 +58,6 @@ def make_celery(settings: Settings, *, sweeper: bool = True) -> Celery:
 def make_webhook_celery(settings: Settings, *, dispatcher: bool = True) -> Celery:
     """The webhook role. ``dispatcher=False`` (tests): no webhook dispatcher thread."""
     app = Celery("medparse-webhooks", set_as_current=True)
-    app.conf.update(celery_config(settings))
+    app.conf.update(celery_config(settings, job_queue(settings)))
     register_webhooks(app, settings, dispatcher=dispatcher)
     return app

@@ -7,16 +7,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
 from celery import Celery
 from sqlalchemy import Engine
 
+from db.dispatch import DispatchRound, make_dispatch_round
 from db.engine import make_sync_engine
+from medparse.backends import job_events, shared_redis
 from medparse.decode_pool import DEFAULT_PRELOAD, DecodePool
 from medparse.endpoint.client import EndpointClient
 from medparse.endpoint.client3d import make_client_3d
 from medparse.endpoint.limiter import make_in_flight_limiter
-from medparse.events import JobEventNotifier, make_notifier
+from medparse.events import JobEvents
 from medparse.settings import Settings
 from workers.batching import RowBatcher
 
@@ -27,7 +28,10 @@ class WorkerContext:
     engine: Engine
     client: EndpointClient
     batcher: RowBatcher
-    notifier: JobEventNotifier
+    #: job changes out to the gateways, dispatch nudges in (Redis, or sockets when embedded)
+    notifier: JobEvents
+    #: the fair dispatch round for this database (PostgreSQL or the embedded SQLite)
+    dispatch_round: DispatchRound
     app: Celery
     #: wakes this process's dispatcher (a worker slot freed up, or the sweeper returned jobs)
     wake_dispatcher: Callable[[], None]
@@ -53,15 +57,17 @@ class ContextHolder:
         with self._lock:
             if self._context is None or self._pid != os.getpid():
                 settings = self._settings
-                redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+                redis_client = shared_redis(settings)
                 limiter = make_in_flight_limiter(settings, redis_client, lease_s=settings.endpoint_in_flight_lease_s)
                 client = EndpointClient(settings, limiter=limiter)
+                engine = make_sync_engine(settings, system_scope=True)
                 self._context = WorkerContext(
                     settings=settings,
-                    engine=make_sync_engine(settings, system_scope=True),
+                    engine=engine,
                     client=client,
                     batcher=RowBatcher(client, settings.endpoint_max_rows_per_request, settings.endpoint_batch_wait_s),
-                    notifier=make_notifier(settings),
+                    notifier=job_events(settings),
+                    dispatch_round=make_dispatch_round(engine),
                     app=self._app,
                     wake_dispatcher=self._wake_dispatcher,
                     client_3d=make_client_3d(settings, limiter, redis_client),

@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from db import jobs as repo
 from db import medical as medical_repo
+from db.job_record import Job, MaskSummary
 from db.job_snapshot import encode_snapshot
 from db.outbox import record_transition
 from db.status import JobStatus
@@ -60,9 +61,10 @@ def claim(engine: Engine, job_id: uuid.UUID, lease_s: float) -> Claim | None:
         if row.image is None:
             raise RuntimeError(f"job {job_id} has no stored input")  # rolled back: the job stays queued
         record_transition(conn, job_id, JobStatus.running, job=row._mapping)  # webhook outbox, same transaction
+    job = Job.from_row(row._mapping)
     return Claim(
-        job_id=job_id, attempt=row.attempts, prompts=list(row.prompts), image=row.image,
-        options=dict(row.options or {}),
+        job_id=job_id, attempt=job.attempts, prompts=list(job.prompts), image=row.image,
+        options=dict(job.options or {}),
     )
 
 
@@ -103,7 +105,7 @@ def finish(
     except repo.StaleTransition:
         log.info("job %s attempt %d: result discarded (job canceled or taken over)", claimed.job_id, claimed.attempt)
         return None
-    return Ended(encode_snapshot(changed, rows))
+    return Ended(encode_snapshot(Job.from_row(changed), [MaskSummary.from_row(m) for m in rows]))
 
 
 def fail(
@@ -121,7 +123,7 @@ def fail(
             record_transition(conn, claimed.job_id, JobStatus.failed, job=changed)  # webhook outbox, same transaction
     except repo.StaleTransition:
         return None
-    return Ended(encode_snapshot(changed, []))
+    return Ended(encode_snapshot(Job.from_row(changed), []))
 
 
 class LeaseKeeper:

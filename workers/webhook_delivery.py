@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from db import webhooks as repo
+from db.delivery_status import DeliveryStatus
 from db.outbox import webhook_id
 from medparse.settings import Settings
 from medparse.webhooks.payload import render_body
@@ -33,10 +34,6 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -59,8 +56,7 @@ def lease_seconds(settings: Settings) -> float:
 
 
 def _signing_secrets(secret: str, previous: str | None, previous_until: datetime | None, now: datetime) -> list[str]:
-    until = _aware(previous_until)
-    if previous and until is not None and until > now:
+    if previous and previous_until is not None and previous_until > now:
         return [secret, previous]
     return [secret]
 
@@ -77,7 +73,7 @@ def _target(conn: Connection, tenant_id: uuid.UUID, job_id: uuid.UUID, endpoint_
         return None, []
     sec = conn.execute(repo.select_tenant_secret(tenant_id)).mappings().first()
     if sec is None:  # the submission stores the secret with the job's webhook; this is a fallback
-        conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), now))
+        repo.ensure_tenant_secret_sync(conn, tenant_id, new_secret(), now)
         sec = conn.execute(repo.select_tenant_secret(tenant_id)).mappings().one()
     return hook["url"], _signing_secrets(sec["secret"], sec["previous_secret"], sec["previous_secret_expires_at"], now)
 
@@ -99,12 +95,16 @@ def claim(engine: Engine, delivery_id: uuid.UUID, settings: Settings) -> Claimed
     )
 
 
-def _next_state(claimed: ClaimedDelivery, result: AttemptResult, settings: Settings, now: datetime) -> dict[str, Any]:
+def _next_state(
+    claimed: ClaimedDelivery, result: AttemptResult, settings: Settings, now: datetime
+) -> tuple[DeliveryStatus, dict[str, Any]]:
+    """The status the attempt's outcome moves the delivery to (a transition from ``sending``), and
+    the columns written with it."""
     values: dict[str, Any] = {"updated_at": now, "last_status_code": result.status_code, "last_error": result.error}
     if result.outcome is Outcome.succeeded:
-        return {**values, "status": repo.SUCCEEDED, "next_attempt_at": None, "completed_at": now}
-    if result.outcome is not Outcome.failed:
-        return {**values, "status": repo.FAILED, "next_attempt_at": None, "completed_at": now}
+        return DeliveryStatus.succeeded, {**values, "next_attempt_at": None, "completed_at": now}
+    if result.outcome is not Outcome.failed:  # gone (410) or refused: never retried
+        return DeliveryStatus.failed, {**values, "next_attempt_at": None, "completed_at": now}
     failures = claimed.failures + 1
     delay = retry_delay(
         failures, settings.webhook_retry_schedule_s, jitter=settings.webhook_retry_jitter,
@@ -112,16 +112,16 @@ def _next_state(claimed: ClaimedDelivery, result: AttemptResult, settings: Setti
     )
     if delay is None:
         error = f"{result.error or 'failed'}; no retries left"[:200]
-        return {**values, "status": repo.FAILED, "failures": failures, "next_attempt_at": None,
-                "completed_at": now, "last_error": error}
-    return {**values, "status": repo.PENDING, "failures": failures, "dispatched_at": None,
-            "next_attempt_at": now + timedelta(seconds=delay)}
+        return DeliveryStatus.failed, {**values, "failures": failures, "next_attempt_at": None,
+                                       "completed_at": now, "last_error": error}
+    return DeliveryStatus.pending, {**values, "failures": failures, "dispatched_at": None,
+                                    "next_attempt_at": now + timedelta(seconds=delay)}
 
 
 def _disable_if_failing_too_long(conn: Connection, endpoint_id: uuid.UUID, settings: Settings, now: datetime) -> None:
     """Svix's policy: an endpoint whose deliveries have all ended failed for
     ``webhook_disable_after_s`` is disabled (``failing``); re-enable it with PATCH, then replay."""
-    since = _aware(conn.execute(repo.failing_since_stmt(endpoint_id)).scalar_one_or_none())
+    since = conn.execute(repo.failing_since_stmt(endpoint_id)).scalar_one_or_none()
     if since is not None and since < now - timedelta(seconds=settings.webhook_disable_after_s):
         conn.execute(repo.disable_endpoint_stmt(endpoint_id, now=now, reason="failing"))
         log.warning("webhook endpoint %s disabled: every delivery failed since %s", endpoint_id, since.isoformat())
@@ -136,9 +136,8 @@ def finish(engine: Engine, claimed: ClaimedDelivery, result: AttemptResult, sett
             delivery_id=claimed.id, attempt=claimed.attempt, started_at=started_at, duration_ms=result.duration_ms,
             status_code=result.status_code, outcome=result.outcome.value, error=result.error,
         ))
-        updated = conn.execute(
-            repo.finish_attempt_stmt(claimed.id, claimed.attempt, **_next_state(claimed, result, settings, now))
-        ).rowcount == 1
+        target, values = _next_state(claimed, result, settings, now)
+        updated = conn.execute(repo.finish_attempt_stmt(claimed.id, claimed.attempt, target, **values)).rowcount == 1
         if updated and claimed.endpoint_id is not None and result.outcome is not Outcome.succeeded:
             _disable_if_failing_too_long(conn, claimed.endpoint_id, settings, now)
         if updated and result.outcome is Outcome.gone:

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import redis
 from celery import Celery, signals
 from kombu import Exchange, Queue
 from sqlalchemy import Engine
 
 from db import webhooks as repo
 from db.engine import make_sync_engine
+from medparse.backends import shared_redis
 from medparse.settings import Settings
 from medparse.webhooks.sender import WebhookSender
 from medparse.webhooks.slots import DeliverySlots, make_delivery_slots
@@ -83,7 +83,7 @@ class WebhookContextHolder:
         with self._lock:
             if self._context is None or self._pid != os.getpid():
                 settings = self._settings
-                redis_client = redis.Redis.from_url(settings.redis_url) if settings.redis_url else None
+                redis_client = shared_redis(settings)
                 self._context = WebhookContext(
                     settings=settings,
                     engine=make_sync_engine(settings, system_scope=True),

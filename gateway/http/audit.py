@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from db.audit import INSERT_ENTRY, AuditEntry, select_entries
-from gateway.http.auth import OPERATOR, PRINCIPAL, operator
-from gateway.http.params import bounded_int, query_datetime
-from gateway.http.problems import field_error
-from gateway.http.tenancy import tenant_transaction
+from db.audit import AuditEntry, append_entry
+from gateway.http.auth import OPERATOR, PRINCIPAL
 from gateway.keys import ENGINE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -91,13 +85,6 @@ def entry_for(request: web.Request, action: str, rid: str) -> AuditEntry:
     )
 
 
-async def record(engine: AsyncEngine, entry: AuditEntry) -> None:
-    async with engine.connect() as conn:
-        # One statement: autocommit spares the BEGIN and COMMIT round trips around it.
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        await conn.execute(INSERT_ENTRY, entry.params())
-
-
 def _uuid(value: str | None) -> uuid.UUID | None:
     if not value:
         return None
@@ -115,57 +102,7 @@ async def audit_middleware(request: web.Request, handler: Handler) -> web.Stream
     rid = request_id(request)
     response = await handler(request)
     if response.status < 400:  # a refused request read or changed nothing
-        await record(request.app[ENGINE], entry_for(request, action, rid))
+        await append_entry(request.app[ENGINE], entry_for(request, action, rid))
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     return response
-
-
-def _query_uuid(request: web.Request, name: str, *, required: bool = False) -> uuid.UUID | None:
-    raw = request.query.get(name)
-    if not raw:
-        if required:
-            raise field_error(name, "required: the operator reads one tenant's entries (the CLI reads all)", status=400)
-        return None
-    value = _uuid(raw)
-    if value is None:
-        raise field_error(name, "a UUID", status=400)
-    return value
-
-
-def _query_limit(request: web.Request) -> int:
-    # bounded_int: str.isdigit() admitted '²', which int() refuses (a 500), and 5000 digits
-    return bounded_int(request.query.get("limit", "100"), "limit", 1, MAX_LIMIT)
-
-
-MAX_LIMIT = 1000
-
-
-async def get_operator_audit(request: web.Request) -> web.Response:
-    """``GET /v1/operator/audit?tenant_id=&job_id=&since=&action=&limit=``: one tenant's entries,
-    newest first (operator only). The gateway's role reads them under the tenant's row-level scope."""
-    operator(request)
-    tenant_id = _query_uuid(request, "tenant_id", required=True)
-    assert tenant_id is not None
-    action = request.query.get("action") or None
-    if action is not None and not _TOKEN.fullmatch(action):
-        raise field_error("action", "an action name such as job.delete", status=400)
-    stmt = select_entries(
-        tenant_id=tenant_id, job_id=_query_uuid(request, "job_id"), since=query_datetime(request, "since"),
-        action=action, limit=_query_limit(request),
-    )
-    async with tenant_transaction(request.app[ENGINE], tenant_id) as conn:
-        rows = (await conn.execute(stmt)).mappings().all()
-    return web.Response(
-        body=orjson.dumps({"data": [entry_json(r) for r in rows]}), content_type="application/json"
-    )
-
-
-def entry_json(row: Mapping[Any, Any]) -> dict[str, Any]:
-    at = row["at"] if row["at"].tzinfo else row["at"].replace(tzinfo=UTC)  # SQLite: naive UTC
-    return {
-        "id": row["id"], "at": at.isoformat(), "actor": row["actor"], "action": row["action"],
-        "tenant_id": str(row["tenant_id"]) if row["tenant_id"] else None, "key_id": row["key_id"],
-        "job_id": str(row["job_id"]) if row["job_id"] else None, "target": row["target"],
-        "request_id": row["request_id"],
-    }

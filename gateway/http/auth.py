@@ -20,39 +20,19 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from db import tenants
-from gateway.http.problems import ApiProblem, not_found
-from gateway.http.tenancy import TenantQuotas
+from gateway.errors import TenantNotFound
+from gateway.http.problems import ApiProblem
+from gateway.principals import Operator, Principal
+from gateway.tenancy import TenantQuotas
 from medparse.settings import Settings, secret_value
 
 ADMIN = "admin"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """A tenant's API key."""
-
-    tenant_id: uuid.UUID
-    key_id: str
-    scopes: frozenset[str]
-    quotas: TenantQuotas
-    #: when this key stops working (None: never); keys it mints expire no later
-    expires_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Operator:
-    """The deployment's operator: a credential configured on the server, not any tenant's key."""
-
-    #: ``operator#<n>``: which of the configured tokens (1-based), for logs and the audit trail;
-    #: never the token itself
-    credential: str
 
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -136,10 +116,7 @@ async def authenticate(
     parsed = tenants.parse_api_key(value) if value.isascii() else None
     if parsed is None:
         raise _unauthorized("the API key is malformed (expected mpk_<id>_<secret>)")
-    async with engine.connect() as conn:
-        # One read: autocommit spares the BEGIN and ROLLBACK round trips around it.
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (await conn.execute(tenants.SELECT_KEY, {"key_id": parsed.key_id})).mappings().first()
+    row = await tenants.find_key(engine, parsed.key_id)
     if row is None or not tenants.secret_matches(parsed.secret, row["secret_hash"]):
         raise _unauthorized("the API key is not valid")
     now = datetime.now(UTC)
@@ -147,7 +124,6 @@ async def authenticate(
         raise _unauthorized("the API key was revoked")
     expires_at = row["expires_at"]
     if expires_at is not None:
-        expires_at = expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)
         if expires_at <= now:
             raise _unauthorized("the API key has expired")
     who = Principal(
@@ -205,5 +181,5 @@ def admin_of(request: web.Request, tenant_id: uuid.UUID) -> Principal | Operator
         return op
     who = principal(request, ADMIN)
     if who.tenant_id != tenant_id:
-        raise not_found("tenant")
+        raise TenantNotFound()
     return who

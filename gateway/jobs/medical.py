@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from db.job_record import Job
 from medparse import imaging
-from medparse.job_links import is_volume
 from medparse.medical import inputs
 from medparse.medical.errors import OptionRejected
 from medparse.medical.options import MedicalOptions
@@ -50,28 +50,27 @@ def check_headers(image: bytes, settings: Settings, options: Mapping[str, Any] |
     inputs.check_headers(image, options, inputs.Limits.from_settings(settings))
 
 
-def formats_of(row: Mapping[Any, Any], base: str) -> dict[str, str]:
+def formats_of(job: Job, base: str) -> dict[str, str]:
     names = list(COMMON_FORMATS)
-    if row.get("input_format") == "nifti" or (row.get("input_format") == "dicom" and is_volume(row)):
+    if job.input_format == "nifti" or (job.input_format == "dicom" and job.is_volume):
         names.append("nifti")
-    if row.get("input_format") == "dicom":
+    if job.input_format == "dicom":
         names.append("dicom-seg")
     return {name: f"{base}/result?format={name}" for name in names}
 
 
-def public_extras(row: Mapping[Any, Any], job: dict[str, Any]) -> dict[str, Any]:
-    """``job`` (the dict ``to_public`` validates) with the medical parts added, in place."""
-    meta = row.get("input_meta")
+def public_extras(job: Job, public: dict[str, Any]) -> dict[str, Any]:
+    """``public`` (the dict ``to_public`` validates) with the medical parts of ``job`` added, in place."""
+    meta = job.input_meta
     if meta:
-        job["input"].update({k: v for k, v in meta.items() if k not in job["input"]})
-    progress = row.get("progress")
-    if progress and is_volume(row):
-        job["progress"] = progress
-    result = job.get("result")
+        public["input"].update({k: v for k, v in meta.items() if k not in public["input"]})
+    if job.progress and job.is_volume:
+        public["progress"] = job.progress
+    result = public.get("result")
     if result is None:
-        return job
-    base = job["urls"]["get"]
-    result["formats"] = formats_of(row, base)
-    if is_volume(row):
+        return public
+    base = public["urls"]["get"]
+    result["formats"] = formats_of(job, base)
+    if job.is_volume:
         result["volume"] = {"shape": meta.get("shape"), "slice_axis": meta.get("slice_axis")} if meta else None
-    return job
+    return public

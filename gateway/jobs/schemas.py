@@ -163,7 +163,7 @@ class JobCreateJson(BaseModel):
     options: JobOptions = Field(default_factory=JobOptions)
     #: higher runs first within the tenant's own queue (-100..100)
     priority: int = 0
-    #: called on the job's events (see the README's Webhooks section)
+    #: called on the job's events (see docs/webhooks.md)
     webhook_url: UrlText | None = None
     #: default: the terminal events job.succeeded, job.failed, job.canceled
     webhook_events: list[str] | None = None

@@ -10,31 +10,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import numpy as np
 import orjson
-from aiohttp import web
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from db import jobs as repo
+from db.job_record import Job, MaskSummary
 from db.job_snapshot import decode_snapshot
 from db.outbox import record_transition_async
 from db.status import CANCELABLE, JobStatus, is_terminal
-from db.webhooks import OUTBOX_COLUMNS
-from gateway.http import idempotency
-from gateway.http.auth import Principal
-from gateway.http.cursors import decode_cursor, encode_cursor
-from gateway.http.problems import ApiProblem, field_error, not_found
-from gateway.http.tenancy import QueuedJobsGauge, check_storage_quota, job_row, tenant_transaction
+from gateway import idempotency
+from gateway.deps import GatewayDeps, Store
+from gateway.errors import (
+    Busy,
+    Conflict,
+    DomainError,
+    InvalidField,
+    JobNotFound,
+    NotCancelable,
+    PayloadTooLarge,
+    QuotaExceeded,
+    Unprocessable,
+    UnsupportedFormat,
+)
 from gateway.jobs import medical
-from gateway.jobs.dispatch import DispatchNudger
-from gateway.jobs.events import JobEventListener
 from gateway.jobs.schemas import JobPublic
-from gateway.jobs.submission import JobSubmission
-from gateway.jobs.writer import JobWriter, PendingJob
+from gateway.jobs.submission_model import JobSubmission
+from gateway.jobs.writer import PendingJob
+from gateway.principals import Principal
+from gateway.tenancy import QueuedJobsGauge, check_storage_quota, tenant_transaction
 from gateway.webhooks.services import attach_job_webhook
-from medparse import imaging, job_links, masks
-from medparse.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodePool, decodes_inline
+from medparse import imaging, job_links
+from medparse.decode_pool import DecodeBusy, DecodePool, decodes_inline
 from medparse.medical.errors import OptionRejected
 from medparse.settings import Settings
 
@@ -48,56 +55,50 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def to_public(row: Mapping[Any, Any], mask_rows: Sequence[Mapping[Any, Any]] | None) -> JobPublic:
+def to_public(job: Job, masks: Sequence[MaskSummary] | None) -> JobPublic:
+    """The job's JSON; ``masks``: a succeeded job's mask summaries (None: the result is left out)."""
     error = None
-    if row["error_code"]:
-        error = {"code": row["error_code"], "message": row["error_message"] or ""}
+    if job.error_code:
+        error = {"code": job.error_code, "message": job.error_message or ""}
     result = None
-    if row["status"] == JobStatus.succeeded.value and mask_rows is not None:
+    if job.succeeded and masks is not None:
         result = {
-            "width": row["result_width"],
-            "height": row["result_height"],
+            "width": job.result_width,
+            "height": job.result_height,
             "masks": [
                 {
-                    "index": m["index"],
-                    "prompt": m["prompt"],
-                    "label": m["label"],
-                    "area_px": m["area_px"],
-                    "bbox": m["bbox"],
-                    "url": job_links.mask_path(row, m["index"]),
+                    "index": m.index,
+                    "prompt": m.prompt,
+                    "label": m.label,
+                    "area_px": m.area_px,
+                    "bbox": m.bbox,
+                    "url": job_links.mask_path(job.id, m.index, volume=job.is_volume),
                 }
-                for m in mask_rows
+                for m in masks
             ],
-            "npz_url": job_links.npz_path(row),
-            "provenance": row["result_meta"] or {},
+            "npz_url": job_links.npz_path(job.id, volume=job.is_volume),
+            "provenance": job.result_meta or {},
         }
     return JobPublic.model_validate(
-        medical.public_extras(row, {  # DICOM/NIfTI details, progress, result formats (gateway/jobs/medical.py)
-            "id": row["id"],
-            "status": row["status"],
-            "prompts": row["prompts"],
-            "options": row["options"],
-            "created_at": as_utc(row["created_at"]),
-            "started_at": as_utc(row["started_at"]),
-            "completed_at": as_utc(row["completed_at"]),
-            "attempts": row["attempts"],
-            "priority": row["priority"],
+        medical.public_extras(job, {  # DICOM/NIfTI details, progress, result formats (gateway/jobs/medical.py)
+            "id": job.id,
+            "status": job.status,
+            "prompts": job.prompts,
+            "options": job.options,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "completed_at": job.completed_at,
+            "attempts": job.attempts,
+            "priority": job.priority,
             "error": error,
             "input": {
-                "width": row["input_width"],
-                "height": row["input_height"],
-                "format": row["input_format"],
-                "bytes": row["input_bytes"],
+                "width": job.input_width,
+                "height": job.input_height,
+                "format": job.input_format,
+                "bytes": job.input_bytes,
             },
             "result": result,
-            "urls": {"get": job_links.job_path(row["id"]), "cancel": f"{job_links.job_path(row['id'])}/cancel"},
+            "urls": {"get": job_links.job_path(job.id), "cancel": f"{job_links.job_path(job.id)}/cancel"},
         })
     )
 
@@ -109,19 +110,28 @@ async def _off_the_loop_if_large(size: int, work: Callable[[], T]) -> T:
     return await asyncio.to_thread(work)
 
 
-def decode_busy_problem(exc: DecodeBusy) -> ApiProblem:
+def decode_busy_error(exc: DecodeBusy) -> Busy:
     """503 for a request that found every decode process taken (medparse/decode_pool.py)."""
-    return ApiProblem(
-        503, "decode_busy", f"image: the service is decoding other uploads ({exc.message}); retry later",
-        headers={"Retry-After": str(exc.retry_after_s)},
+    return Busy(
+        f"image: the service is decoding other uploads ({exc.message}); retry later",
+        code="decode_busy", retry_after=str(exc.retry_after_s),
     )
+
+
+def image_rejected_error(exc: imaging.ImageRejected) -> DomainError:
+    """413 ``image_too_large``, 415 ``unsupported_format``, else 422, naming the ``image`` field."""
+    kind: type[DomainError] = (
+        PayloadTooLarge if exc.code == "image_too_large"
+        else UnsupportedFormat if exc.code == "unsupported_format" else Unprocessable
+    )
+    return kind(f"image: {exc.message}", code=exc.code, fields=[{"field": "image", "message": exc.message}])
 
 
 async def probe_upload(
     image: bytes, settings: Settings, decoder: DecodePool, options: Mapping[str, Any] | None = None,
     tenant_id: uuid.UUID | None = None,
 ) -> imaging.ImageInfo:
-    """The upload's ImageInfo; 4xx problems naming ``image`` (or the option) otherwise.
+    """The upload's ImageInfo; domain errors naming ``image`` (or the option) otherwise.
 
     A small plain PNG is checked here, on the event loop (the hot path: no decode, no thread hop);
     every other upload has its headers checked in a thread, then is decoded in a decode process, within
@@ -136,79 +146,71 @@ async def probe_upload(
         await asyncio.to_thread(medical.check_headers, image, settings, options)
         return await decoder.run(medical.probe, image, settings, options, nbytes=len(image), party=tenant_id)
     except DecodeBusy as exc:
-        raise decode_busy_problem(exc) from None
+        raise decode_busy_error(exc) from None
     except imaging.ImageRejected as exc:
-        status = 413 if exc.code == "image_too_large" else (415 if exc.code == "unsupported_format" else 422)
-        fields = [{"field": "image", "message": exc.message}]
-        raise ApiProblem(status, exc.code, f"image: {exc.message}", fields=fields) from None
+        raise image_rejected_error(exc) from None
     except OptionRejected as exc:  # e.g. frame 7 of a 2-frame DICOM
-        raise field_error(exc.field, exc.message, code="invalid_option") from None
+        raise InvalidField(exc.field, exc.message, code="invalid_option") from None
 
 
 @dataclass(frozen=True)
 class Submitted:
-    """A new job, or (for a repeated Idempotency-Key) the first request's stored response."""
+    """A new job, or (for a repeated Idempotency-Key) the first request's stored answer."""
 
     job: JobPublic | None
-    replay: idempotency.StoredResponse | None = None
+    replay: idempotency.StoredAnswer | None = None
+
+
+@dataclass(frozen=True)
+class _KeyedRequest:
+    """A submission's Idempotency-Key and what the request asks for, as a fingerprint."""
+
+    key: str
+    fingerprint: str
 
 
 async def submit_job(
-    engine: AsyncEngine,
-    writer: JobWriter,
-    nudger: DispatchNudger,
-    settings: Settings,
-    who: Principal,
-    submission: JobSubmission,
-    idempotency_key: str | None,
-    gauge: QueuedJobsGauge,
-    decoder: DecodePool,
+    deps: GatewayDeps, who: Principal, submission: JobSubmission, idempotency_key: str | None
 ) -> Submitted:
-    """Validate the image and check the queued-jobs quota (from ``gauge``, or one count of its own),
-    then commit the job and its bytes in one transaction (shared with concurrent submissions: see
-    gateway/jobs/writer.py) and nudge dispatch."""
+    """Validate the image, then commit the job and its bytes in one transaction (shared with concurrent
+    submissions: gateway/jobs/writer.py) in which its Idempotency-Key is claimed and its answer stored
+    and the queued-jobs quota holds; then nudge dispatch (the use case's one side effect)."""
     if len(submission.image) > who.quotas.max_image_bytes:
-        raise ApiProblem(
-            413, "payload_too_large", f"image: larger than this tenant's {who.quotas.max_image_bytes} bytes",
-            fields=[{"field": "image", "message": "too large"}],
+        raise PayloadTooLarge(
+            f"image: larger than this tenant's {who.quotas.max_image_bytes} bytes",
+            code="payload_too_large", fields=[{"field": "image", "message": "too large"}],
         )
-    reservation = None
+    keyed = None
     if idempotency_key is not None:
         image = submission.image
         digest = await _off_the_loop_if_large(len(image), lambda: hashlib.sha256(image).hexdigest())
-        outcome = await idempotency.reserve(
-            engine, settings, who.tenant_id, idempotency_key,
-            idempotency.fingerprint("POST /v1/jobs", *submission.fingerprint_parts(digest)),
+        keyed = _KeyedRequest(
+            idempotency_key, idempotency.fingerprint("POST /v1/jobs", *submission.fingerprint_parts(digest))
         )
-        if isinstance(outcome, idempotency.StoredResponse):
-            return Submitted(job=None, replay=outcome)
-        reservation = outcome
-    try:
-        job = await _insert_job(engine, writer, settings, who, submission, reservation, gauge, decoder)
-    except BaseException:
-        if reservation is not None:
-            await idempotency.release(engine, reservation)
-        raise
-    nudger.nudge()
-    return Submitted(job=job)
+        # A retry of an answered request is answered before the decode (one read); the claim in the
+        # job's transaction stays the decision (a duplicate that is still on its way, say).
+        stored = await idempotency.stored_answer(deps.engine, who.tenant_id, keyed.key, keyed.fingerprint)
+        if stored is not None:
+            return Submitted(job=None, replay=stored)
+    outcome = await _insert_job(deps, who, submission, keyed)
+    if isinstance(outcome, idempotency.StoredAnswer):
+        return Submitted(job=None, replay=outcome)
+    deps.nudger.nudge()
+    return Submitted(job=outcome)
 
 
 async def _insert_job(
-    engine: AsyncEngine,
-    writer: JobWriter,
-    settings: Settings,
-    who: Principal,
-    submission: JobSubmission,
-    reservation: idempotency.Reservation | None,
-    gauge: QueuedJobsGauge,
-    decoder: DecodePool,
-) -> JobPublic:
+    deps: GatewayDeps, who: Principal, submission: JobSubmission, keyed: _KeyedRequest | None
+) -> JobPublic | idempotency.StoredAnswer:
+    """The new job, or the stored answer of the request that claimed the key first."""
+    settings, gauge = deps.settings, deps.queued_gauge
     options = submission.options.model_dump(mode="json", exclude_none=True)
-    # Before the probe: a tenant whose store is full costs no decode.
+    # Before the probe, and not again in the transaction: a tenant whose store is full costs no decode.
+    # Soft: submissions in flight at once may overshoot by their own size (gateway/tenancy.py).
     await check_storage_quota(
-        engine, who.tenant_id, who.quotas.max_stored_bytes, len(submission.image), gauge.stored_bytes
+        deps.engine, who.tenant_id, who.quotas.max_stored_bytes, len(submission.image), gauge.stored_bytes
     )
-    info = await probe_upload(submission.image, settings, decoder, options, who.tenant_id)
+    info = await probe_upload(submission.image, settings, deps.decode_pool, options, who.tenant_id)
     new = repo.NewJob(
         id=uuid.uuid4(),
         tenant_id=who.tenant_id,
@@ -222,76 +224,92 @@ async def _insert_job(
         priority=submission.priority,
         input_meta=info.details,
     )
-    job = to_public(_new_job_row(new, info, len(submission.image)), None)
-    await _check_queued_quota(engine, who, gauge)
+    job = to_public(new.as_job(), None)
+    count_queued = _check_queued_quota(who, gauge, deps.writer.unsettled(who.tenant_id))
     # Built before the transaction, which other submissions may share (gateway/jobs/writer.py).
-    stored = job_created_response(job) if reservation is not None else None
+    answer = job_created_answer(job) if keyed is not None else None
+
+    async def admit(conn: AsyncConnection, admitted_before: int) -> idempotency.StoredAnswer | None:
+        # The quota first: a refusal must write nothing (writer.Admission), and a claim is a write.
+        if count_queued:
+            await _count_queued_in(conn, who, gauge, admitted_before)
+        if keyed is not None:
+            claimed = await idempotency.claim_in(conn, settings, who.tenant_id, keyed.key, keyed.fingerprint)
+            if isinstance(claimed, idempotency.StoredAnswer):
+                return claimed
+        return None
 
     async def in_same_transaction(conn: AsyncConnection) -> None:
         await attach_job_webhook(conn, who.tenant_id, new.id, submission.webhook)  # gateway/webhooks/services.py
-        if reservation is not None and stored is not None:
+        if keyed is not None and answer is not None:
             # Stored in the job's own transaction: a retry after a crash finds the job, never a second one.
-            await idempotency.complete_in(conn, reservation, stored, job_id=new.id)
+            reservation = idempotency.Reservation(who.tenant_id, keyed.key)
+            await idempotency.complete_in(conn, reservation, answer, job_id=new.id)
 
     job_params, input_params = repo.insert_job_params(new)
-    needs_more = submission.webhook is not None or reservation is not None
-    await writer.write(PendingJob(
-        who.tenant_id, job_params, input_params, in_same_transaction if needs_more else None
+    needs_more = submission.webhook is not None or keyed is not None
+    # No await between the quota's fast path above and this write: the job counts as unsettled at once.
+    replay = await deps.writer.write(PendingJob(
+        who.tenant_id, job_params, input_params, in_same_transaction if needs_more else None,
+        admit=admit if count_queued or keyed is not None else None,
+        after_commit=lambda: gauge.added(who.tenant_id),
     ))
-    gauge.added(who.tenant_id)
+    if isinstance(replay, idempotency.StoredAnswer):
+        return replay
     return job
 
 
-async def _check_queued_quota(engine: AsyncEngine, who: Principal, gauge: QueuedJobsGauge) -> None:
-    """429 when the tenant's queue is full. Soft: concurrent submissions may overshoot by their number."""
+def _check_queued_quota(who: Principal, gauge: QueuedJobsGauge, unsettled: int) -> bool:
+    """The fast path of the queued-jobs quota, from ``gauge``'s estimate plus the tenant's
+    ``unsettled`` submissions (written, not committed yet): QuotaExceeded (429) when it says the queue
+    is full; True when there is no estimate good enough (near the quota, or none recent): then the
+    job's transaction counts (``_count_queued_in``)."""
     quota = who.quotas.max_queued_jobs
-    queued = gauge.estimate(who.tenant_id, quota)
+    queued = gauge.estimate(who.tenant_id, quota, pending=unsettled)
     if queued is None:
-        async with tenant_transaction(engine, who.tenant_id) as conn:
-            queued = (await conn.execute(repo.COUNT_QUEUED, {"tenant_id": who.tenant_id})).scalar_one()
-        gauge.counted(who.tenant_id, queued)
+        return True
     if queued >= quota:
-        raise ApiProblem(
-            429, "queued_jobs_quota_exceeded",
-            f"this tenant already has {queued} queued jobs (limit {quota}); retry when some have started",
-            headers={"Retry-After": "30"},
-        )
+        raise _queue_full(queued, quota)
+    return False
 
 
-def job_created_response(job: JobPublic) -> web.Response:
-    return web.Response(
-        status=202, body=orjson.dumps(job.model_dump(mode="json")), content_type="application/json",
-        headers={"Location": job.urls.get},
+async def _count_queued_in(conn: AsyncConnection, who: Principal, gauge: QueuedJobsGauge, admitted_before: int) -> None:
+    """The queued-jobs quota in the job's transaction, counting the tenant's jobs this transaction
+    admitted before this one. Still soft across transactions: concurrent ones (another gateway
+    process, say) may overshoot by their own jobs."""
+    quota = who.quotas.max_queued_jobs
+    queued = (await conn.execute(repo.COUNT_QUEUED, {"tenant_id": who.tenant_id})).scalar_one()
+    gauge.counted(who.tenant_id, queued)  # the jobs admitted before (and the unsettled) add themselves once committed
+    if queued + admitted_before >= quota:
+        raise _queue_full(queued + admitted_before, quota)
+
+
+def _queue_full(queued: int, quota: int) -> QuotaExceeded:
+    return QuotaExceeded(
+        f"this tenant already has {queued} queued jobs (limit {quota}); retry when some have started",
+        code="queued_jobs_quota_exceeded", retry_after="30",
     )
 
 
-def _new_job_row(new: repo.NewJob, info: imaging.ImageInfo, size: int) -> dict[str, Any]:
-    return {
-        "id": new.id, "status": JobStatus.queued.value, "prompts": new.prompts, "options": new.options,
-        "created_at": new.now, "started_at": None, "completed_at": None, "attempts": 0,
-        "priority": new.priority, "error_code": None, "error_message": None,
-        "input_width": info.width, "input_height": info.height, "input_format": info.format,
-        "input_bytes": size, "result_width": None, "result_height": None, "result_meta": None,
-        "input_meta": info.details, "progress": None,
-    }
+def job_created_answer(job: JobPublic) -> idempotency.StoredAnswer:
+    """The 202 answer to a submission, as stored for a replay (what ``create_job`` sends, bar
+    ``Prefer: wait``): the job as submitted, its Location and Content-Type."""
+    return idempotency.StoredAnswer(
+        202, {"Location": job.urls.get, "Content-Type": "application/json"}, orjson.dumps(job.model_dump(mode="json"))
+    )
 
 
-async def get_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
-    async with tenant_transaction(engine, tenant_id) as conn:
-        row = await job_row(conn, tenant_id, job_id)
-        mask_rows = None
-        if row["status"] == JobStatus.succeeded.value:
-            mask_rows = list((await conn.execute(repo.SELECT_MASK_SUMMARIES, {"job_id": job_id})).mappings())
-    return to_public(row, mask_rows)
+async def get_job(store: Store, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
+    async with tenant_transaction(store.engine, tenant_id) as conn:
+        job = await repo.read_job(conn, tenant_id, job_id)
+        if job is None:
+            raise JobNotFound()
+        masks = await repo.read_mask_summaries(conn, job_id) if job.succeeded else None
+    return to_public(job, masks)
 
 
 async def wait_for_job(
-    engine: AsyncEngine,
-    events: JobEventListener,
-    tenant_id: uuid.UUID,
-    job_id: uuid.UUID,
-    seconds: float,
-    known: JobPublic | None = None,
+    deps: GatewayDeps, tenant_id: uuid.UUID, job_id: uuid.UUID, seconds: float, known: JobPublic | None = None
 ) -> JobPublic:
     """The job once it is terminal, or as it is after ``seconds``.
 
@@ -300,14 +318,14 @@ async def wait_for_job(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
-    with events.subscribe(str(job_id)) as changed:
-        job = known if known is not None else await get_job(engine, tenant_id, job_id)
+    with deps.events.subscribe(str(job_id)) as changed:
+        job = known if known is not None else await get_job(deps, tenant_id, job_id)
         while not is_terminal(job.status):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
             await changed.wait(remaining)
-            job = _from_snapshot(changed.snapshot, tenant_id, job_id) or await get_job(engine, tenant_id, job_id)
+            job = _from_snapshot(changed.snapshot, tenant_id, job_id) or await get_job(deps, tenant_id, job_id)
     return job
 
 
@@ -315,109 +333,63 @@ def _from_snapshot(snapshot: bytes | None, tenant_id: uuid.UUID, job_id: uuid.UU
     """The terminal job a worker's notification carried (as committed), instead of a read."""
     if snapshot is None:
         return None
-    row, mask_rows = decode_snapshot(snapshot)
-    if row["id"] != job_id or row["tenant_id"] != tenant_id or not is_terminal(JobStatus(row["status"])):
+    job, masks = decode_snapshot(snapshot)
+    if job.id != job_id or job.tenant_id != tenant_id or not job.is_terminal:
         return None
-    return to_public(row, mask_rows if row["status"] == JobStatus.succeeded.value else None)
+    return to_public(job, masks if job.succeeded else None)
 
 
 async def list_jobs(
-    engine: AsyncEngine,
+    store: Store,
     tenant_id: uuid.UUID,
     *,
     status: JobStatus | None,
     limit: int,
-    cursor: str | None,
-) -> tuple[list[JobPublic], str | None]:
-    after = decode_cursor(cursor) if cursor else None
-    stmt = repo.list_jobs_stmt(tenant_id, status=status, limit=limit + 1, after=after)
-    async with tenant_transaction(engine, tenant_id) as conn:
-        rows = list((await conn.execute(stmt)).mappings())
-    # List items carry no result; fetch the job itself for its masks.
-    jobs = [to_public(r, None) for r in rows[:limit]]
-    next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit and jobs else None
-    return jobs, next_cursor
+    after: tuple[datetime, uuid.UUID] | None,
+) -> tuple[list[JobPublic], tuple[datetime, uuid.UUID] | None]:
+    """Newest first, after the (created_at, id) ``after``; with the (created_at, id) to continue from,
+    if there are more. List items carry no result: fetch the job itself for its masks."""
+    async with tenant_transaction(store.engine, tenant_id) as conn:
+        found = await repo.list_jobs(conn, tenant_id, status=status, limit=limit + 1, after=after)
+    jobs = [to_public(job, None) for job in found[:limit]]
+    more = (jobs[-1].created_at, jobs[-1].id) if len(found) > limit and jobs else None
+    return jobs, more
 
 
-async def cancel_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
-    async with tenant_transaction(engine, tenant_id) as conn:
-        row = await job_row(conn, tenant_id, job_id)
-        current = JobStatus(row["status"])
-        if current not in CANCELABLE:
-            raise ApiProblem(409, "job_not_cancelable", f"the job is already {current}")
-        now = utcnow()
-        stmt = repo.transition_stmt(
-            job_id, current, JobStatus.canceled, now=now, tenant_id=tenant_id, completed_at=now,
-            lease_expires_at=None,
-        )
-        changed = (await conn.execute(stmt.returning(*repo.JOB_COLUMNS, *OUTBOX_COLUMNS))).mappings().first()
+async def cancel_job(deps: GatewayDeps, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobPublic:
+    """queued/running -> canceled, its webhook event in the same transaction; waiters are told after the commit."""
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
+        job = await repo.read_job(conn, tenant_id, job_id)
+        if job is None:
+            raise JobNotFound()
+        if job.status not in CANCELABLE:
+            raise NotCancelable(f"the job is already {job.status}", code="job_not_cancelable")
+        changed = await repo.cancel(conn, job, now=utcnow())
         if changed is None:
-            raise ApiProblem(409, "job_changed", "the job changed state meanwhile; fetch it and retry")
-        await record_transition_async(conn, job_id, JobStatus.canceled, changed)  # webhook outbox, same transaction
-    return to_public(changed, None)  # canceled: no result to read
+            raise Conflict("the job changed state meanwhile; fetch it and retry", code="job_changed")
+        canceled, row = changed
+        await record_transition_async(conn, job_id, JobStatus.canceled, row)  # webhook outbox, same transaction
+    await deps.events.announce(str(job_id))
+    return to_public(canceled, None)  # canceled: no result to read
 
 
-async def delete_job(engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:
-    """Remove the job and all of its data at once; a worker still running it finds nothing to finish."""
-    async with tenant_transaction(engine, tenant_id) as conn:
-        if (await conn.execute(repo.delete_job_stmt(tenant_id, job_id))).rowcount != 1:
-            raise not_found()
+async def delete_job(deps: GatewayDeps, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:
+    """Remove the job and all of its data at once; a worker still running it finds nothing to finish,
+    and waiters are told after the commit."""
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
+        if not await repo.delete_job(conn, tenant_id, job_id):
+            raise JobNotFound()
+    await deps.events.announce(str(job_id))
 
 
-async def load_masks(
-    engine: AsyncEngine, tenant_id: uuid.UUID, job_id: uuid.UUID, index: int | None
-) -> list[Any]:
-    """The stored mask rows of a succeeded job (one, or all in prompt order); ``decode_masks`` them."""
-    async with tenant_transaction(engine, tenant_id) as conn:
-        row = await job_row(conn, tenant_id, job_id)
-        if row["status"] != JobStatus.succeeded.value:
-            raise ApiProblem(409, "job_not_succeeded", f"the job is {row['status']}; masks exist once it succeeded")
-        # plain dicts: the rows travel to a decode process (pickled)
-        mask_rows = [dict(m) for m in (await conn.execute(repo.select_mask_data(job_id, index))).mappings()]
-    if not mask_rows:
-        raise not_found("mask")
-    if job_links.is_volume(row):  # a volume's masks are 3-D: served by gateway/results/handlers.py
-        raise ApiProblem(
-            409, "volume_result", "the job's masks are volumes; use result?format=npz or result?format=nifti"
-        )
-    return mask_rows
-
-
-def decode_masks(mask_rows: list[Any]) -> list[Any]:
-    """0/1 arrays of ``load_masks`` rows (CPU work: handlers run it off the event loop)."""
-    return [masks.decode_mask(m["data"], m["height"], m["width"]) for m in mask_rows]
-
-
-def mask_png_of(mask_rows: list[Any]) -> bytes:
-    """The first row's mask as a 0/255 PNG (runs in a decode process)."""
-    return masks.mask_png(decode_masks(mask_rows)[0])
-
-
-def masks_npz_of(mask_rows: list[Any]) -> bytes:
-    """All rows' masks as one .npz (runs in a decode process)."""
-    return masks.masks_npz(np.stack(decode_masks(mask_rows)))
-
-
-async def render_masks(
-    decoder: DecodePool, tenant_id: uuid.UUID, render: Callable[[list[Any]], bytes], mask_rows: list[Any]
-) -> bytes:
-    """``render(mask_rows)`` in a decode process: 503 when none is free in time, 422 over its budget."""
-    nbytes = sum(len(m["data"] or b"") for m in mask_rows)
-    try:
-        return await decoder.run(render, mask_rows, nbytes=nbytes, party=tenant_id)
-    except DecodeBusy as exc:
-        raise decode_busy_problem(exc) from None
-    except DecodeLimitExceeded as exc:
-        raise ApiProblem(422, exc.code, f"masks: {exc.message}") from None
-
-
-async def readiness(engine: AsyncEngine, nudger: DispatchNudger) -> dict[str, str]:
+async def readiness(deps: GatewayDeps) -> dict[str, str]:
+    """Whether the database answers and the queue is reachable, each with an operator's reason."""
     checks: dict[str, str] = {}
     try:
-        async with engine.connect() as conn:
+        async with deps.engine.connect() as conn:
             await asyncio.wait_for(conn.execute(text("SELECT 1")), timeout=2)
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; the reason is for operators
         checks["database"] = f"unavailable: {type(exc).__name__}"
-    checks["queue"] = await nudger.check()
+    checks["queue"] = await deps.nudger.check()
     return checks

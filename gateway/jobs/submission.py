@@ -8,7 +8,6 @@ from __future__ import annotations
 import binascii
 import re
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import pybase64
@@ -19,6 +18,7 @@ from pydantic import ValidationError
 
 from gateway.http.problems import ApiProblem, field_error, validation_problem
 from gateway.jobs.schemas import JobCreateJson, JobOptions, control_characters, url_text_problem
+from gateway.jobs.submission_model import JobSubmission
 from gateway.webhooks.submission import JobWebhookRequest, WebhookFormFields, check_job_webhook
 from medparse.settings import Settings
 
@@ -30,26 +30,6 @@ MAX_MULTIPART_PARTS = 12
 
 #: Priority of a job within its tenant's queue (higher first); it never overtakes other tenants.
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
-
-
-@dataclass(frozen=True)
-class JobSubmission:
-    image: bytes
-    prompts: list[str]
-    options: JobOptions
-    priority: int = 0
-    #: ``webhook_url`` / ``webhook_events`` (see gateway.webhooks.submission)
-    webhook: JobWebhookRequest | None = None
-
-    def fingerprint_parts(self, image_sha256: str) -> list[str]:
-        """What the request asks for, for Idempotency-Key matching (not the raw multipart bytes);
-        ``image_sha256``: the hex digest of ``image``, hashed off the event loop when large."""
-        return [
-            image_sha256,
-            "\x1f".join(self.prompts),
-            self.options.model_dump_json(exclude_none=True),
-            str(self.priority),
-        ] + ([self.webhook.fingerprint()] if self.webhook else [])
 
 
 def parse_priority(raw: str | int | None) -> int:

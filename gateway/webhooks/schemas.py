@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from db.delivery_status import DeliveryStatus
 from gateway.jobs.schemas import MultilineText, UrlText
 from medparse.webhooks.ssrf import MAX_URL_CHARS
 
@@ -102,7 +103,7 @@ class DeliveryPublic(BaseModel):
     endpoint_id: uuid.UUID | None
     target: Literal["job_url", "endpoint"]
     event_type: str
-    status: Literal["pending", "sending", "succeeded", "failed"]
+    status: DeliveryStatus
     attempt_count: int
     next_attempt_at: datetime | None
     last_status_code: int | None

@@ -1,20 +1,25 @@
-"""Use cases of the webhook API. Each opens one tenant-scoped transaction; another tenant's
-endpoint or delivery answers exactly like a missing one (404)."""
+"""Use cases of the webhook API. Each takes the dependencies (``Store``) and domain values, opens one
+tenant-scoped transaction, and returns the resource or raises a domain error (gateway/errors.py);
+another tenant's endpoint or delivery answers exactly like a missing one (``NotFound``)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from db import jobs as jobs_repo
 from db import webhooks as repo
+from db.delivery_status import DeliveryStatus
 from db.outbox import webhook_id
-from gateway.http.cursors import decode_cursor, encode_cursor
-from gateway.http.problems import ApiProblem, field_error, not_found
-from gateway.http.tenancy import job_row, tenant_transaction
+from gateway.deps import Store
+from gateway.errors import Conflict, InvalidField, JobNotFound, NotFound
+from gateway.tenancy import tenant_transaction
+from gateway.webhooks.rules import JobWebhookRequest, TargetPolicy, parse_events
 from gateway.webhooks.schemas import (
     DeliveryPublic,
     SecretPublic,
@@ -23,18 +28,11 @@ from gateway.webhooks.schemas import (
     WebhookPublic,
     WebhookUpdate,
 )
-from gateway.webhooks.submission import JobWebhookRequest, TargetPolicy, parse_events
-from medparse.settings import Settings
 from medparse.webhooks.signing import new_secret
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything we store is UTC.
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def webhook_url(endpoint_id: uuid.UUID) -> str:
@@ -46,8 +44,8 @@ def to_webhook_public(row: Mapping[Any, Any]) -> WebhookPublic:
     return WebhookPublic.model_validate({
         "id": row["id"], "url": row["url"], "description": row["description"], "event_types": row["event_types"],
         "enabled": row["disabled_at"] is None, "disabled_reason": row["disabled_reason"],
-        "disabled_at": _utc(row["disabled_at"]), "created_at": _utc(row["created_at"]),
-        "updated_at": _utc(row["updated_at"]),
+        "disabled_at": row["disabled_at"], "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
         "urls": {"get": base, "deliveries": f"{base}/deliveries", "secret": f"{base}/secret",
                  "rotate_secret": f"{base}/rotate-secret"},
     })
@@ -58,17 +56,36 @@ def to_delivery_public(row: Mapping[Any, Any], attempts: Sequence[Any]) -> Deliv
         "id": row["id"], "webhook_id": webhook_id(row["id"]), "job_id": row["job_id"],
         "endpoint_id": row["endpoint_id"], "target": "endpoint" if row["endpoint_id"] else "job_url",
         "event_type": row["event_type"], "status": row["status"], "attempt_count": row["attempts"],
-        "next_attempt_at": _utc(row["next_attempt_at"]), "last_status_code": row["last_status_code"],
-        "last_error": row["last_error"], "created_at": _utc(row["created_at"]),
-        "updated_at": _utc(row["updated_at"]), "completed_at": _utc(row["completed_at"]),
+        "next_attempt_at": row["next_attempt_at"], "last_status_code": row["last_status_code"],
+        "last_error": row["last_error"], "created_at": row["created_at"],
+        "updated_at": row["updated_at"], "completed_at": row["completed_at"],
         "attempts": [
-            {"attempt": a.attempt, "started_at": _utc(a.started_at), "duration_ms": a.duration_ms,
+            {"attempt": a.attempt, "started_at": a.started_at, "duration_ms": a.duration_ms,
              "status_code": a.status_code, "outcome": a.outcome, "error": a.error}
             for a in attempts
         ],
         "urls": {"get": f"/v1/deliveries/{row['id']}", "redeliver": f"/v1/deliveries/{row['id']}/redeliver",
                  "job": f"/v1/jobs/{row['job_id']}"},
     })
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryQuery:
+    """Which of the tenant's deliveries to list: of one job, of one endpoint, or all."""
+
+    job_id: uuid.UUID | None = None
+    endpoint_id: uuid.UUID | None = None
+    status: DeliveryStatus | None = None
+    limit: int
+    #: the (created_at, id) of the last delivery of the previous page
+    after: tuple[datetime, uuid.UUID] | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    deliveries: list[DeliveryPublic]
+    #: the (created_at, id) of this page's last delivery when another page follows
+    next_after: tuple[datetime, uuid.UUID] | None
 
 
 def _event_types(values: list[str] | None) -> list[str] | None:
@@ -84,21 +101,28 @@ async def attach_job_webhook(
     if webhook is None:
         return
     await conn.execute(repo.insert_job_webhook_stmt(job_id, webhook.url, webhook.events))
-    await conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), utcnow()))
+    await repo.ensure_tenant_secret(conn, tenant_id, new_secret(), utcnow())
 
 
 # --- endpoints -----------------------------------------------------------------------------------
 
 async def create_endpoint(
-    engine: AsyncEngine, settings: Settings, policy: TargetPolicy, tenant_id: uuid.UUID, body: WebhookCreate
+    deps: Store, policy: TargetPolicy, tenant_id: uuid.UUID, body: WebhookCreate
 ) -> WebhookCreatedPublic:
+    """A new endpoint with its own signing secret (shown once here, and at its ``secret`` URL).
+
+    Raises:
+        InvalidField: unknown event types; WebhookTargetRefused: a URL the SSRF ``policy`` refuses.
+        Conflict: ``webhook_limit_reached``.
+    """
     event_types = _event_types(body.event_types)
     url = await policy.check("url", body.url.strip())
     now, endpoint_id, secret = utcnow(), uuid.uuid4(), new_secret()
-    async with tenant_transaction(engine, tenant_id) as conn:
+    limit = deps.settings.webhook_max_endpoints
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         count = (await conn.execute(repo.count_endpoints(tenant_id))).scalar_one()
-        if count >= settings.webhook_max_endpoints:
-            raise ApiProblem(409, "webhook_limit_reached", f"at most {settings.webhook_max_endpoints} webhooks")
+        if count >= limit:
+            raise Conflict(f"at most {limit} webhooks", code="webhook_limit_reached")
         await conn.execute(repo.insert_endpoint_stmt(
             id=endpoint_id, tenant_id=tenant_id, url=url, description=body.description, event_types=event_types,
             secret=secret, created_at=now, updated_at=now,
@@ -107,8 +131,8 @@ async def create_endpoint(
     return WebhookCreatedPublic.model_validate({**to_webhook_public(row).model_dump(), "secret": secret})
 
 
-async def list_endpoints(engine: AsyncEngine, tenant_id: uuid.UUID) -> list[WebhookPublic]:
-    async with tenant_transaction(engine, tenant_id) as conn:
+async def list_endpoints(deps: Store, tenant_id: uuid.UUID) -> list[WebhookPublic]:
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         rows = list((await conn.execute(repo.select_endpoints(tenant_id))).mappings())
     return [to_webhook_public(r) for r in rows]
 
@@ -116,24 +140,25 @@ async def list_endpoints(engine: AsyncEngine, tenant_id: uuid.UUID) -> list[Webh
 async def _endpoint_row(conn: AsyncConnection, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> Mapping[Any, Any]:
     row = (await conn.execute(repo.select_endpoint(tenant_id, endpoint_id))).mappings().first()
     if row is None:
-        raise not_found("webhook")
+        raise NotFound("webhook")
     return row
 
 
-async def get_endpoint(engine: AsyncEngine, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> WebhookPublic:
-    async with tenant_transaction(engine, tenant_id) as conn:
+async def get_endpoint(deps: Store, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> WebhookPublic:
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         return to_webhook_public(await _endpoint_row(conn, tenant_id, endpoint_id))
 
 
 async def update_endpoint(
-    engine: AsyncEngine, policy: TargetPolicy, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: WebhookUpdate
+    deps: Store, policy: TargetPolicy, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: WebhookUpdate
 ) -> WebhookPublic:
+    """Changes the fields given in ``body`` (``event_types: null`` = all); ``enabled`` re-enables or disables."""
     given = body.model_fields_set
     now = utcnow()
     values: dict[str, Any] = {"updated_at": now}
     if "url" in given:
         if body.url is None:
-            raise field_error("url", "may not be null")
+            raise InvalidField("url", "may not be null")
         values["url"] = await policy.check("url", body.url.strip())
     if "event_types" in given:
         values["event_types"] = _event_types(body.event_types)
@@ -144,39 +169,37 @@ async def update_endpoint(
             {"disabled_at": None, "disabled_reason": None} if body.enabled
             else {"disabled_at": now, "disabled_reason": "disabled_by_tenant"}
         )
-    async with tenant_transaction(engine, tenant_id) as conn:
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         await _endpoint_row(conn, tenant_id, endpoint_id)
         await conn.execute(repo.update_endpoint_stmt(tenant_id, endpoint_id, **values))
         return to_webhook_public(await _endpoint_row(conn, tenant_id, endpoint_id))
 
 
-async def delete_endpoint(engine: AsyncEngine, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
+async def delete_endpoint(deps: Store, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
     """Deletes the endpoint with its deliveries and their attempts."""
-    async with tenant_transaction(engine, tenant_id) as conn:
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         if (await conn.execute(repo.delete_endpoint_stmt(tenant_id, endpoint_id))).rowcount != 1:
-            raise not_found("webhook")
+            raise NotFound("webhook")
 
 
-async def endpoint_secret(engine: AsyncEngine, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> SecretPublic:
-    async with tenant_transaction(engine, tenant_id) as conn:
-        row = (await conn.execute(repo.select_endpoint_for_send(endpoint_id))).mappings().first()
+async def endpoint_secret(deps: Store, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> SecretPublic:
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         await _endpoint_row(conn, tenant_id, endpoint_id)  # the tenant check
-    assert row is not None
+        row = (await conn.execute(repo.select_endpoint_for_send(endpoint_id))).mappings().one()
     return _secret_public(row)
 
 
 def _secret_public(row: Mapping[Any, Any]) -> SecretPublic:
-    until = _utc(row["previous_secret_expires_at"])
+    until = row["previous_secret_expires_at"]
     live = row["previous_secret"] is not None and until is not None and until > utcnow()
     return SecretPublic(key=row["secret"], previous_key_expires_at=until if live else None)
 
 
-async def rotate_endpoint_secret(
-    engine: AsyncEngine, settings: Settings, tenant_id: uuid.UUID, endpoint_id: uuid.UUID
-) -> SecretPublic:
+async def rotate_endpoint_secret(deps: Store, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> SecretPublic:
+    """A new secret; the old one also signs until ``webhook_secret_overlap_s`` from now."""
     now = utcnow()
-    overlap_until = now + timedelta(seconds=settings.webhook_secret_overlap_s)
-    async with tenant_transaction(engine, tenant_id) as conn:
+    overlap_until = now + timedelta(seconds=deps.settings.webhook_secret_overlap_s)
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         await _endpoint_row(conn, tenant_id, endpoint_id)
         await conn.execute(repo.rotate_endpoint_secret_stmt(
             tenant_id, endpoint_id, new_secret(), now=now, overlap_until=overlap_until
@@ -187,18 +210,19 @@ async def rotate_endpoint_secret(
 
 # --- the tenant's default secret ---------------------------------------------------------------
 
-async def default_secret(engine: AsyncEngine, tenant_id: uuid.UUID) -> SecretPublic:
-    async with tenant_transaction(engine, tenant_id) as conn:
-        await conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), utcnow()))
+async def default_secret(deps: Store, tenant_id: uuid.UUID) -> SecretPublic:
+    """The secret that signs deliveries to the tenant's jobs' own ``webhook_url`` (made on first use)."""
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
+        await repo.ensure_tenant_secret(conn, tenant_id, new_secret(), utcnow())
         row = (await conn.execute(repo.select_tenant_secret(tenant_id))).mappings().one()
     return _secret_public(row)
 
 
-async def rotate_default_secret(engine: AsyncEngine, settings: Settings, tenant_id: uuid.UUID) -> SecretPublic:
+async def rotate_default_secret(deps: Store, tenant_id: uuid.UUID) -> SecretPublic:
     now = utcnow()
-    overlap_until = now + timedelta(seconds=settings.webhook_secret_overlap_s)
-    async with tenant_transaction(engine, tenant_id) as conn:
-        await conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), now))
+    overlap_until = now + timedelta(seconds=deps.settings.webhook_secret_overlap_s)
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
+        await repo.ensure_tenant_secret(conn, tenant_id, new_secret(), now)
         await conn.execute(
             repo.rotate_tenant_secret_stmt(tenant_id, new_secret(), now=now, overlap_until=overlap_until)
         )
@@ -216,57 +240,55 @@ async def _with_attempts(conn: AsyncConnection, rows: Sequence[Mapping[Any, Any]
     return [to_delivery_public(r, by_delivery[r["id"]]) for r in rows]
 
 
-async def list_deliveries(
-    engine: AsyncEngine,
-    tenant_id: uuid.UUID,
-    *,
-    job_id: uuid.UUID | None = None,
-    endpoint_id: uuid.UUID | None = None,
-    status: str | None,
-    limit: int,
-    cursor: str | None,
-) -> tuple[list[DeliveryPublic], str | None]:
-    """The tenant's deliveries (of one job, of one endpoint, or all), newest first, with attempts."""
-    after = decode_cursor(cursor) if cursor else None
-    async with tenant_transaction(engine, tenant_id) as conn:
-        if job_id is not None:
-            await job_row(conn, tenant_id, job_id)  # 404 unless it is the tenant's job
-        if endpoint_id is not None:
-            await _endpoint_row(conn, tenant_id, endpoint_id)
+async def list_deliveries(deps: Store, tenant_id: uuid.UUID, query: DeliveryQuery) -> DeliveryPage:
+    """The tenant's deliveries (of one job, of one endpoint, or all), newest first, with attempts.
+
+    Raises:
+        JobNotFound, NotFound: the job or endpoint asked for is not the tenant's.
+    """
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
+        if query.job_id is not None and await jobs_repo.read_job(conn, tenant_id, query.job_id) is None:
+            raise JobNotFound()
+        if query.endpoint_id is not None:
+            await _endpoint_row(conn, tenant_id, query.endpoint_id)
         stmt = repo.list_deliveries_stmt(
-            tenant_id, job_id=job_id, endpoint_id=endpoint_id, status=status, after=after, limit=limit + 1
+            tenant_id, job_id=query.job_id, endpoint_id=query.endpoint_id, status=query.status, after=query.after,
+            limit=query.limit + 1,
         )
         rows = list((await conn.execute(stmt)).mappings())
-        deliveries = await _with_attempts(conn, rows[:limit])
-    last = deliveries[-1] if len(rows) > limit and deliveries else None
-    next_cursor = encode_cursor(last.created_at, last.id) if last is not None else None
-    return deliveries, next_cursor
+        deliveries = await _with_attempts(conn, rows[:query.limit])
+    last = deliveries[-1] if len(rows) > query.limit and deliveries else None
+    return DeliveryPage(deliveries, (last.created_at, last.id) if last is not None else None)
 
 
 async def _delivery(conn: AsyncConnection, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> DeliveryPublic:
     row = (await conn.execute(repo.select_delivery(tenant_id, delivery_id))).mappings().first()
     if row is None:
-        raise not_found("delivery")
+        raise NotFound("delivery")
     return (await _with_attempts(conn, [row]))[0]
 
 
-async def get_delivery(engine: AsyncEngine, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> DeliveryPublic:
-    async with tenant_transaction(engine, tenant_id) as conn:
+async def get_delivery(deps: Store, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> DeliveryPublic:
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         return await _delivery(conn, tenant_id, delivery_id)
 
 
-async def redeliver(engine: AsyncEngine, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> DeliveryPublic:
+async def redeliver(deps: Store, tenant_id: uuid.UUID, delivery_id: uuid.UUID) -> DeliveryPublic:
     """Send the delivery again now (same ``webhook-id``, fresh retry schedule); the dispatcher picks
-    it up within ``webhook_dispatch_interval_s``."""
-    async with tenant_transaction(engine, tenant_id) as conn:
+    it up within ``webhook_dispatch_interval_s``.
+
+    Raises:
+        NotFound: no such delivery. Conflict: its endpoint is disabled, or it is being sent right now.
+    """
+    async with tenant_transaction(deps.engine, tenant_id) as conn:
         current = await _delivery(conn, tenant_id, delivery_id)
         if current.endpoint_id is not None:
             endpoint = await _endpoint_row(conn, tenant_id, current.endpoint_id)
             if endpoint["disabled_at"] is not None:
-                raise ApiProblem(409, "webhook_disabled", "the webhook is disabled; enable it (PATCH) first")
+                raise Conflict("the webhook is disabled; enable it (PATCH) first", code="webhook_disabled")
         else:
             # An explicit replay to the job's own URL re-arms it even after a 410.
             await conn.execute(repo.enable_job_webhook_stmt(current.job_id))
         if (await conn.execute(repo.redeliver_stmt(tenant_id, delivery_id, now=utcnow()))).rowcount != 1:
-            raise ApiProblem(409, "delivery_in_progress", "the delivery is being sent right now; retry shortly")
+            raise Conflict("the delivery is being sent right now; retry shortly", code="delivery_in_progress")
         return await _delivery(conn, tenant_id, delivery_id)

@@ -1,5 +1,6 @@
-"""``webhook_url`` and ``webhook_events`` of ``POST /v1/jobs``, and the SSRF check of any webhook
-URL the API accepts (a per-job URL or a registered endpoint).
+"""``webhook_url`` and ``webhook_events`` of ``POST /v1/jobs`` as the request carries them, and the
+SSRF policy in force for this app (``WEBHOOK_POLICY``). The rules themselves are in
+gateway/webhooks/rules.py.
 
 Multipart: ``webhook_url`` once, ``webhook_events`` comma-separated and/or repeated.
 JSON: ``"webhook_url": "https://..."``, ``"webhook_events": ["job.succeeded", ...]``.
@@ -7,70 +8,29 @@ JSON: ``"webhook_url": "https://..."``, ``"webhook_events": ["job.succeeded", ..
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-from dataclasses import dataclass
-
 from aiohttp import BodyPartReader, web
 
-from gateway.http.problems import ApiProblem, field_error
+from gateway.http.problems import field_error
 from gateway.keys import SETTINGS
-from medparse.webhooks.events import DEFAULT_JOB_EVENTS, UnknownEventType, parse_event_types
-from medparse.webhooks.ssrf import MAX_URL_CHARS, Resolver, UnsafeTarget, check_url
+from gateway.webhooks.rules import JobWebhookRequest, TargetPolicy, job_webhook
+from medparse.webhooks.ssrf import MAX_URL_CHARS
+
+__all__ = ["WEBHOOK_POLICY", "JobWebhookRequest", "TargetPolicy", "WebhookFormFields", "check_job_webhook",
+           "target_policy"]
 
 FIELDS = ("webhook_url", "webhook_events")
 #: Four event types, possibly each in its own repeated field, plus slack for separators.
 MAX_EVENTS_CHARS = 256
 
-
-@dataclass(frozen=True)
-class JobWebhookRequest:
-    url: str
-    events: list[str]
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(f"{self.url}\x1f{','.join(self.events)}".encode()).hexdigest()
-
-
-class TargetPolicy:
-    """Checks a webhook URL against the SSRF policy (DNS in a thread, never on the event loop).
-
-    Tests put one with a fake resolver under ``WEBHOOK_POLICY``.
-    """
-
-    def __init__(self, *, allow_private: bool, resolver: Resolver | None = None) -> None:
-        self.allow_private = allow_private
-        self.resolver = resolver
-
-    async def check(self, field: str, url: str) -> str:
-        try:
-            await asyncio.to_thread(check_url, url, allow_private=self.allow_private, resolver=self.resolver)
-        except UnsafeTarget as exc:
-            raise ApiProblem(
-                422, "webhook_target_refused" if exc.reason != "invalid_url" else "invalid_field",
-                f"{field}: {exc.message}", fields=[{"field": field, "message": exc.message, "reason": exc.reason}],
-            ) from None
-        return url
-
-
 WEBHOOK_POLICY = web.AppKey("webhook_policy", TargetPolicy)
 
 
 def target_policy(app: web.Application) -> TargetPolicy:
+    """The policy tests put under ``WEBHOOK_POLICY`` (a fake resolver), else the settings' one."""
     policy = app.get(WEBHOOK_POLICY)
     if policy is None:
         policy = TargetPolicy(allow_private=app[SETTINGS].webhook_allow_private_targets)
     return policy
-
-
-def parse_events(values: list[str], field: str = "webhook_events") -> list[str]:
-    try:
-        events = parse_event_types(v for raw in values for v in raw.split(","))
-    except UnknownEventType as exc:
-        raise field_error(field, str(exc)) from None
-    if not events:
-        raise field_error(field, "name at least one event type")
-    return events
 
 
 async def check_job_webhook(
@@ -79,13 +39,7 @@ async def check_job_webhook(
     """The job's webhook from its submitted fields; 422 naming the field when it is not acceptable."""
     if isinstance(events, str):
         events = [events]
-    if url is None or url == "":
-        if events:
-            raise field_error("webhook_events", "given without webhook_url")
-        return None
-    chosen = parse_events(events) if events else [e.value for e in DEFAULT_JOB_EVENTS]
-    await target_policy(request.app).check("webhook_url", url.strip())
-    return JobWebhookRequest(url=url.strip(), events=chosen)
+    return await job_webhook(target_policy(request.app), url, events)
 
 
 class WebhookFormFields:

@@ -7,9 +7,10 @@ body; links are paths, made absolute at send time when ``webhook_link_base_url``
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -29,30 +30,64 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def build_payload(
-    event_type: str, job: Mapping[Any, Any], masks: Sequence[Mapping[Any, Any]], now: datetime
-) -> dict[str, Any]:
-    """The event body for ``job`` (a ``jobs`` row) and its mask summary rows (possibly empty)."""
-    base = job_links.job_path(job["id"])
+class PayloadJob(Protocol):
+    """What a payload tells of a job (``db.job_record.Job`` is one; this library does not import ``db``)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def created_at(self) -> datetime | None: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def completed_at(self) -> datetime | None: ...
+    @property
+    def error_code(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def succeeded(self) -> bool: ...
+    @property
+    def is_volume(self) -> bool: ...
+
+
+class PayloadMask(Protocol):
+    """What a payload tells of one mask (``db.job_record.MaskSummary`` is one)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def area_px(self) -> int: ...
+    @property
+    def bbox(self) -> list[int] | None: ...
+
+
+def build_payload(event_type: str, job: PayloadJob, masks: Sequence[PayloadMask], now: datetime) -> dict[str, Any]:
+    """The event body for ``job`` and its mask summaries (possibly empty)."""
+    base = job_links.job_path(job.id)
     urls = {"get": base, "deliveries": f"{base}/deliveries"}
-    succeeded = job["status"] == "succeeded"
+    succeeded = job.succeeded
     if succeeded:
-        urls["masks_npz"] = job_links.npz_path(job)
+        urls["masks_npz"] = job_links.npz_path(job.id, volume=job.is_volume)
     error = None
-    if job.get("error_code"):
-        error = {"code": job["error_code"], "message": (job.get("error_message") or "")[:MAX_ERROR_CHARS]}
+    if job.error_code:
+        error = {"code": job.error_code, "message": (job.error_message or "")[:MAX_ERROR_CHARS]}
     data: dict[str, Any] = {
-        "id": str(job["id"]),
-        "status": job["status"],
-        "created_at": _iso(job.get("created_at")),
-        "started_at": _iso(job.get("started_at")),
-        "completed_at": _iso(job.get("completed_at")),
+        "id": str(job.id),
+        "status": str(job.status),
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "completed_at": _iso(job.completed_at),
         "error": error,
-        "labels": [m["label"] for m in masks] if succeeded else [],
+        "labels": [m.label for m in masks] if succeeded else [],
         "masks": [
             {
-                "index": m["index"], "label": m["label"], "area_px": m["area_px"], "bbox": m["bbox"],
-                "url": job_links.mask_path(job, m["index"]),
+                "index": m.index, "label": m.label, "area_px": m.area_px, "bbox": m.bbox,
+                "url": job_links.mask_path(job.id, m.index, volume=job.is_volume),
             }
             for m in masks
         ] if succeeded else [],

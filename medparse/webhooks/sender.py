@@ -38,6 +38,9 @@ USER_AGENT = "medparse-webhooks/1"
 
 
 class Outcome(StrEnum):
+    """The result of one attempt, as the sender saw it (stored per attempt). Not a delivery status:
+    the worker picks the delivery's next status from the transitions of ``db.delivery_status``."""
+
     #: any 2xx
     succeeded = "succeeded"
     #: timeout, connection error, DNS failure or a non-2xx answer: retried on the schedule

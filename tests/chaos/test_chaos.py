@@ -20,9 +20,9 @@ import redis
 
 from medparse.settings import Settings
 from runtime.migrate import upgrade
-from tests.chaos.cluster import Cluster, Submissions
-from tests.chaos.servers import PrivatePostgres, PrivateRedis
-from tests.factories import new_tenant
+from tests.support.cluster import Cluster, Submissions
+from tests.support.factories import new_tenant
+from tests.support.servers import PrivatePostgres, PrivateRedis
 from tests.support.webhook_receiver import Receiver, running_receiver
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]

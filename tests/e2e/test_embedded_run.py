@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.processes import stop
 from tests.support.ports import free_port
+from tests.support.processes import stop
 
 pytestmark = pytest.mark.e2e
 

@@ -17,9 +17,9 @@ import pydicom
 import pytest
 
 from medparse.settings import Settings
-from tests.e2e.processes import emulator_process, service_processes
-from tests.factories import new_tenant
 from tests.support import medical_files as mf
+from tests.support.factories import new_tenant
+from tests.support.processes import emulator_process, service_processes
 
 pytestmark = pytest.mark.e2e
 

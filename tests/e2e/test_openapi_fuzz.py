@@ -13,9 +13,9 @@ import pytest
 
 from medparse.settings import Settings
 from runtime.cli import create_tenant
-from tests.e2e.processes import settings_env, start, stop, wait_http
-from tests.factories import random_name
+from tests.support.factories import random_name
 from tests.support.ports import free_port
+from tests.support.processes import settings_env, start, stop, wait_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from medparse.settings import Settings
-from tests.e2e.processes import emulator_process, service_processes, settings_env, start, stop, wait_http
-from tests.factories import iou, new_tenant, organ_image
+from tests.support.factories import iou, new_tenant, organ_image
 from tests.support.ports import free_port
+from tests.support.processes import emulator_process, service_processes, settings_env, start, stop, wait_http
 
 pytestmark = pytest.mark.e2e
 

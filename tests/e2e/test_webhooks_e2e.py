@@ -18,8 +18,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from medparse.settings import Settings
-from tests.e2e.processes import emulator_process, service_processes
-from tests.factories import new_tenant, organ_image
+from tests.support.factories import new_tenant, organ_image
+from tests.support.processes import emulator_process, service_processes
 from tests.support.webhook_receiver import Receiver, running_receiver
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medparse.settings import Settings
-from tests.hostile.stack import Stack, running_stack
+from tests.support.stack import Stack, running_stack
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import httpx
 import psycopg
 
 from medparse.settings import to_sync_url
-from tests.hostile.stack import HealthWatch, Stack, peak_rss_mb
+from tests.support.stack import HealthWatch, Stack, peak_rss_mb
 
 #: Small deadlines so that each attack takes seconds; the code paths are those of the defaults.
 FAST_DEADLINES = {

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.hostile.stack import HealthWatch, Stack, descendants_of, peak_rss_mb, rss_mb
 from tests.support import medical_files as mf
+from tests.support.stack import HealthWatch, Stack, descendants_of, peak_rss_mb, rss_mb
 
 MiB = 1024 * 1024
 #: A gateway process's peak RSS may grow this much over an attack: it holds the uploads (or the rendered

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.hostile.stack import HealthWatch, Stack, descendants_of, peak_rss_mb
 from tests.support import medical_files as mf
+from tests.support.stack import HealthWatch, Stack, descendants_of, peak_rss_mb
 
 #: Answer time of one attack, seconds (they take < 0.5 s in the probe; the rest is the upload and a
 #: loaded 2-core CI machine).

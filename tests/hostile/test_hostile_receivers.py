@@ -10,7 +10,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from tests.hostile.stack import HealthWatch
+from tests.support.stack import HealthWatch
 from tests.support.webhook_receiver import running_receiver
 
 ENV = {

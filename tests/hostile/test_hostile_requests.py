@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from tests.factories import organ_image
-from tests.hostile.stack import HealthWatch, Stack
+from tests.support.factories import organ_image
+from tests.support.stack import HealthWatch, Stack
 
 OPERATOR_TOKEN = "hostile-operator-" + "9" * 40
 

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from medparse.settings import Settings
-from tests.factories import organ_image
-from tests.hostile.stack import HealthWatch, Stack, peak_rss_mb
+from tests.support.factories import organ_image
+from tests.support.stack import HealthWatch, Stack, peak_rss_mb
 from tests.support.throwaway import throwaway_login_role
 
 

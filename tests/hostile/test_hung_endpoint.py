@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.hostile.stack import HealthWatch
+from tests.support.stack import HealthWatch
 
 SOFT_LIMIT_S = 4.0
 ENV = {

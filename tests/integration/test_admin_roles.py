@@ -26,7 +26,7 @@ from db.tenants import insert_key_stmt, new_api_key
 from gateway.app import create_app
 from medparse.settings import Settings
 from runtime.cli import create_tenant
-from tests.factories import random_name
+from tests.support.factories import random_name
 from tests.support.webhooks import insert_job
 
 OPERATOR_TOKEN = "0123456789abcdef" * 4
@@ -76,7 +76,7 @@ ACCESS: dict[str, Scopes | str] = {
     "list_deliveries": Scopes((READ,)),
     "get_delivery": Scopes((READ,)),
     "redeliver_delivery": Scopes((WRITE,)),
-    "operator_audit": OPERATOR_ONLY,  # gateway/http/audit.py
+    "operator_audit": OPERATOR_ONLY,  # gateway/admin/handlers.py
 }
 #: Query strings a route needs to succeed, given the tenant the request is about.
 QUERY = {"operator_audit": lambda tenant: {"tenant_id": str(tenant)}}
@@ -344,3 +344,16 @@ async def test_usage_is_the_tenants_own_for_readers_and_admins_and_any_for_the_o
         assert mine.status == 200 and (await mine.json())["tenant_id"] == str(world.a)  # tenant_id is ignored
     writer = await api.get("/v1/usage", headers=bearer(world.a_writer))
     assert writer.status == 403 and (await writer.json())["code"] == "insufficient_scope"
+
+
+def test_the_route_tables_documented_scopes_are_the_access_proven_here() -> None:
+    """The OpenAPI document says who may call each route (``scopes`` in gateway/routes.py): what ACCESS proves."""
+    from gateway.routes import OPERATOR, ROUTES  # here: the rest of this module reaches routes through the app
+
+    as_scopes = {OPERATOR_ONLY: {OPERATOR}, TENANT_ADMIN: {OPERATOR, ADMIN}, USAGE: {READ, ADMIN, OPERATOR}}
+    v1 = [route for route in ROUTES if route.path.startswith("/v1/")]
+    assert {route.name for route in v1} == ACCESS.keys()
+    for route in v1:
+        access = ACCESS[route.name]
+        expected = set(access.allowed) if isinstance(access, Scopes) else as_scopes[access]
+        assert set(route.scopes) == expected, route.name

@@ -27,14 +27,14 @@ from sqlalchemy import event, update
 from db import idempotency as idempotency_repo
 from db.engine import make_async_engine, make_sync_engine
 from db.models import Tenant
+from gateway import idempotency
 from gateway.app import create_app
-from gateway.http import idempotency
 from gateway.webhooks.submission import WEBHOOK_POLICY, TargetPolicy
 from medparse.masks import encode_mask
 from medparse.settings import Settings
 from runtime.cli import create_tenant
 from runtime.migrate import upgrade
-from tests.factories import new_tenant, organ_image
+from tests.support.factories import new_tenant, organ_image
 from tests.support.throwaway import REDIS_URL, throwaway_database, throwaway_namespace
 from tests.support.webhooks import insert_job
 from workers import lifecycle

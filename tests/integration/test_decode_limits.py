@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from emulator.config import EmulatorConfig
 from gateway.app import create_app
 from medparse.settings import Settings
-from tests.factories import new_tenant, organ_image
 from tests.support import medical_files as mf
 from tests.support.emulator_server import running_emulator
+from tests.support.factories import new_tenant, organ_image
 from workers.celery_app import make_celery
 from workers.context import ContextHolder, WorkerContext
 from workers.tasks import run_job

@@ -1,4 +1,7 @@
-"""Fair dispatch against real Postgres + Redis: one tenant's backlog never starves another's job."""
+"""Fair dispatch: one tenant's backlog never starves another's job.
+
+Every test runs on both dispatch rounds (db/dispatch.py): real Postgres + Redis, and the embedded
+SQLite + filesystem queue."""
 
 from __future__ import annotations
 
@@ -13,15 +16,15 @@ from sqlalchemy import insert, select, update
 from db import jobs as repo
 from db.models import Job, Tenant
 from medparse.settings import Settings
-from tests.factories import new_tenant
+from tests.support.factories import new_tenant
 from workers.celery_app import make_celery
 from workers.context import ContextHolder, WorkerContext
 from workers.dispatcher import dispatch_round
 
 
 @pytest.fixture
-def ctx(pg_settings: Settings) -> Iterator[WorkerContext]:
-    settings = pg_settings.model_copy(
+def ctx(backend_settings: Settings) -> Iterator[WorkerContext]:
+    settings = backend_settings.model_copy(
         update={"dispatch_window": 16, "tenant_max_running_jobs": 16, "endpoint_scoring_uri": "http://127.0.0.1:9/score",
                 "endpoint_key": SecretStr("unused: no endpoint call is made here")}
     )
@@ -101,3 +104,24 @@ def test_priority_orders_jobs_within_a_tenant_only(ctx: WorkerContext) -> None:
     with ctx.engine.begin() as conn:
         stamped = conn.execute(select(Job.id).where(Job.dispatched_at.is_not(None))).scalars().all()
     assert set(map(str, stamped)) == set(dispatched)
+
+
+def test_a_job_the_broker_refused_goes_back_to_the_next_round(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant, _ = new_tenant(ctx.settings)
+    jobs = backlog(ctx, tenant, 3, start=datetime.now(UTC))
+    send_task = ctx.app.send_task
+
+    def broker_refuses_the_second(name: str, *, args: list[str], task_id: str) -> object:
+        if task_id == str(jobs[1]):
+            raise ConnectionError("broker down")
+        return send_task(name, args=args, task_id=task_id)
+
+    monkeypatch.setattr(ctx.app, "send_task", broker_refuses_the_second)
+    assert dispatch_round(ctx) == [str(jobs[0]), str(jobs[2])]
+    with ctx.engine.begin() as conn:
+        waiting = conn.execute(select(Job.id).where(Job.dispatched_at.is_(None))).scalars().all()
+    assert waiting == [jobs[1]]  # handed back: not counted as in the broker
+    monkeypatch.undo()
+    assert dispatch_round(ctx) == [str(jobs[1])]

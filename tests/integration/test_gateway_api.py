@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from medparse.settings import Settings
-from tests.factories import new_tenant, organ_image
+from tests.support.factories import new_tenant, organ_image
 
 
 @pytest.fixture
@@ -116,9 +116,20 @@ async def test_oversized_uploads_get_413_on_both_paths(api: TestClient, key: str
     assert resp.status == 413
 
 
-async def test_another_tenants_job_is_404_everywhere(api: TestClient, key: str, pg_settings: Settings) -> None:
+@pytest.fixture
+async def backend_api(backend_settings: Settings) -> AsyncIterator[TestClient]:
+    """``api`` on each backend in turn (tests/conftest.py ``backend_settings``)."""
+    settings = backend_settings.model_copy(update={"max_body_bytes": 200_000})
+    async with TestClient(TestServer(create_app(settings))) as client:
+        yield client
+
+
+async def test_another_tenants_job_is_404_everywhere(backend_api: TestClient, backend_settings: Settings) -> None:
+    """On Postgres and on the embedded SQLite, which has no row-level security: there the tenant
+    filter of every query is all that separates tenants, and this shows it does."""
+    api, key = backend_api, new_tenant(backend_settings)[1]
     job = await submit(api, key)
-    _, other = new_tenant(pg_settings)
+    _, other = new_tenant(backend_settings)
     for method, path in [
         ("GET", f"/v1/jobs/{job['id']}"),
         ("POST", f"/v1/jobs/{job['id']}/cancel"),

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from medparse.settings import Settings
-from tests.e2e.processes import settings_env, start, stop, wait_http
-from tests.factories import new_tenant
+from tests.support.factories import new_tenant
 from tests.support.ports import free_port
+from tests.support.processes import settings_env, start, stop, wait_http
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0

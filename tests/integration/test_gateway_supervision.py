@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from medparse.settings import Settings
-from tests.e2e.processes import settings_env, start, stop, wait_http
-from tests.hostile.stack import HealthWatch, children_of, is_alive
 from tests.support.ports import free_port
+from tests.support.processes import settings_env, start, stop, wait_http
+from tests.support.stack import HealthWatch, children_of, is_alive
 
 BACKOFF_MIN_S = 0.3
 

@@ -21,7 +21,7 @@ from gateway.http.middleware import backing_service_unavailable
 from gateway.http.ratelimit import RateLimiter
 from gateway.keys import ENGINE
 from medparse.settings import Settings, to_sync_url
-from tests.factories import new_tenant
+from tests.support.factories import new_tenant
 
 
 def _conninfo(settings: Settings) -> str:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from medparse.healthcheck import worker_answers
 from medparse.settings import Settings
-from tests.e2e.processes import settings_env, start, stop, wait_http
 from tests.support.ports import free_port
+from tests.support.processes import settings_env, start, stop, wait_http
 
 
 def _healthcheck(settings: Settings, *args: str) -> int:

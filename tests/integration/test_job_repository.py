@@ -14,7 +14,7 @@ from db.engine import make_sync_engine
 from db.models import Job, JobMask
 from db.status import InvalidTransition, JobStatus
 from medparse.settings import Settings
-from tests.factories import new_tenant
+from tests.support.factories import new_tenant
 
 
 def _new_job(settings: Settings) -> uuid.UUID:
@@ -93,10 +93,11 @@ def test_a_job_cannot_hold_two_result_sets(pg_settings: Settings) -> None:
     engine.dispose()
 
 
-def test_listing_is_scoped_to_the_tenant(pg_settings: Settings) -> None:
-    job_id = _new_job(pg_settings)
-    other_tenant, _ = new_tenant(pg_settings)
-    engine = make_sync_engine(pg_settings)
+def test_listing_is_scoped_to_the_tenant(backend_settings: Settings) -> None:
+    """Also on the embedded SQLite, where no row-level security backs the query's tenant filter."""
+    job_id = _new_job(backend_settings)
+    other_tenant, _ = new_tenant(backend_settings)
+    engine = make_sync_engine(backend_settings)
     with engine.begin() as conn:
         assert conn.execute(repo.SELECT_JOB, {"job_id": job_id, "tenant_id": other_tenant}).first() is None
         assert conn.execute(repo.list_jobs_stmt(other_tenant, status=None, limit=10, after=None)).all() == []

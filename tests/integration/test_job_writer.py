@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from db import jobs as repo
 from db.engine import make_async_engine
 from db.models import Job, JobInput
+from gateway.errors import QuotaExceeded
 from gateway.jobs.writer import JobWriter, PendingJob
 from medparse.settings import Settings
-from tests.factories import new_tenant
+from tests.support.factories import new_tenant
 
 
 def _pending(tenant_id: uuid.UUID, image: bytes = b"\x89PNG-ish bytes") -> PendingJob:
@@ -105,3 +106,54 @@ async def test_a_cancelled_caller_waits_for_the_outcome(pg_settings: Settings) -
             await task
         assert job.done.done() and job.done.exception() is None  # the write ended before the caller did
         assert await _count_jobs(engine) == 1
+
+
+async def test_an_admission_that_refuses_or_answers_leaves_the_shared_transaction_to_the_others(
+    pg_settings: Settings,
+) -> None:
+    """A job's admission (its Idempotency-Key claim, its queued-jobs quota) runs in the transaction
+    the job shares with others: its refusal or its replayed answer leaves that job out, alone."""
+    tenant, _ = new_tenant(pg_settings)
+    other, _ = new_tenant(pg_settings)
+    seen_before: list[int] = []
+
+    async def refuse(conn: object, admitted_before: int) -> None:
+        raise QuotaExceeded("full", code="queued_jobs_quota_exceeded", retry_after="30")
+
+    async def answer(conn: object, admitted_before: int) -> str:
+        return "the first request's answer"
+
+    async def let_in(conn: object, admitted_before: int) -> None:
+        seen_before.append(admitted_before)
+
+    commits = 0
+
+    def count_commit(conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    async with _writer(pg_settings) as (engine, writer):
+        event.listen(engine.sync_engine, "commit", count_commit)
+        first = _pending(other)  # another tenant's job in the same transaction
+        jobs = [_pending(tenant) for _ in range(6)]
+        jobs[1].admit, jobs[3].admit, jobs[5].admit = refuse, answer, let_in
+        committed: list[int] = []
+        for i, job in enumerate(jobs):
+            job.after_commit = lambda i=i: committed.append(i)
+        writes = [asyncio.ensure_future(writer.write(job)) for job in [first, *jobs]]
+        await asyncio.sleep(0)  # each write has queued its job; their transaction has not begun
+        unsettled = (writer.unsettled(tenant), writer.unsettled(other))
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        assert unsettled == (6, 1)
+        await asyncio.sleep(0)  # the done callbacks
+        assert writer.unsettled(tenant) == writer.unsettled(other) == 0
+        assert sorted(committed) == [0, 2, 4, 5]  # inserted: not the refused one, nor the one answered instead
+        assert results[0] is None
+        assert isinstance(results[2], QuotaExceeded) and results[2].code == "queued_jobs_quota_exceeded"
+        assert results[4] == "the first request's answer"
+        assert [results[i] for i in (1, 3, 5, 6)] == [None] * 4
+        assert seen_before == [3]  # jobs 0, 2 and 4 of the tenant were admitted before it, in its transaction
+        assert commits == 1  # all seven waited before the first transaction began: they shared it
+        async with engine.connect() as conn:
+            ids = set((await conn.execute(select(Job.id))).scalars())
+        assert ids == {job.job_params["id"] for job in [first, jobs[0], jobs[2], jobs[4], jobs[5]]}

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from medparse.settings import Settings
-from tests.factories import new_tenant
+from tests.support.factories import new_tenant
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from db import jobs as repo
 from db.engine import make_sync_engine
 from medparse.settings import Settings
-from tests.factories import new_tenant
+from tests.support.factories import new_tenant
 from tests.support.throwaway import throwaway_login_role
 
 TENANT_TABLES = (
@@ -104,7 +104,7 @@ async def test_the_gateway_works_under_row_level_security(pg_settings: Settings,
     from aiohttp.test_utils import TestClient, TestServer
 
     from gateway.app import create_app
-    from tests.factories import organ_image
+    from tests.support.factories import organ_image
 
     assert pg_settings.database_url is not None
     as_app = make_url(pg_settings.database_url).set(username=app_role, password=None)
@@ -271,7 +271,7 @@ def test_the_audit_log_is_append_only_for_both_roles(pg_settings: Settings, app_
         assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == (0,)  # no tenant: nothing
         with conn.transaction():
             conn.execute("SELECT set_config('medparse.tenant_id', %s, true)", (str(tenant_a),))
-            # the CLI's tenant.create and key.mint (tests.factories.new_tenant), and ours
+            # the CLI's tenant.create and key.mint (tests.support.factories.new_tenant), and ours
             assert conn.execute("SELECT DISTINCT tenant_id FROM audit_log").fetchall() == [(tenant_a,)]
             assert conn.execute("SELECT count(*) FROM audit_log WHERE actor = 'key'").fetchone() == (1,)
         for statement in ("UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log", "TRUNCATE audit_log"):

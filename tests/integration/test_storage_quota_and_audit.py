@@ -19,8 +19,8 @@ from db.engine import make_sync_engine
 from db.models import Job, JobMedical, Tenant, TenantUsage
 from emulator.config import EmulatorConfig
 from medparse.settings import Settings
-from tests.factories import new_tenant, organ_image
 from tests.support.emulator_server import running_emulator
+from tests.support.factories import new_tenant, organ_image
 from tests.support.throwaway import throwaway_login_role
 
 KEY = "emulator-test-key"

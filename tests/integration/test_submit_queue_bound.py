@@ -18,11 +18,12 @@ from db import jobs as repo
 from db.engine import make_async_engine
 from db.models import Job
 from gateway.app import create_app
-from gateway.http.problems import ApiProblem
+from gateway.errors import Busy
+from gateway.http.problems import problem_of
 from gateway.jobs.writer import JobWriter, PendingJob
 from medparse.settings import Settings, to_sync_url
-from tests.factories import new_tenant, organ_image
 from tests.integration.test_gateway_api import auth, form
+from tests.support.factories import new_tenant, organ_image
 
 
 def _pending(tenant_id: uuid.UUID, size: int = 16) -> PendingJob:
@@ -61,10 +62,11 @@ async def test_beyond_the_waiting_jobs_bound_a_submission_is_refused_at_once(pg_
             await asyncio.sleep(0.2)
             written += [asyncio.create_task(writer.write(_pending(tenant))) for _ in range(2)]  # waiting
             await _settled(written)
-            with pytest.raises(ApiProblem) as refused:
+            with pytest.raises(Busy) as refused:
                 await asyncio.wait_for(writer.write(_pending(tenant)), 1.0)
-            assert refused.value.status == 503 and refused.value.code == "submit_queue_full"
-            assert refused.value.headers["Retry-After"] == "1"
+            problem = problem_of(refused.value)
+            assert problem.status == 503 and problem.code == "submit_queue_full"
+            assert problem.headers["Retry-After"] == "1"
         await asyncio.gather(*written)
         async with engine.connect() as conn:
             assert (await conn.execute(select(func.count()).select_from(Job))).scalar_one() == 3
@@ -87,9 +89,9 @@ async def test_beyond_the_waiting_bytes_bound_a_submission_is_refused_but_a_lone
             await asyncio.sleep(0.2)
             written.append(asyncio.create_task(writer.write(_pending(tenant, 3000))))  # waits alone: admitted
             await _settled(written)
-            with pytest.raises(ApiProblem) as refused:
+            with pytest.raises(Busy) as refused:
                 await asyncio.wait_for(writer.write(_pending(tenant, 10)), 1.0)
-            assert refused.value.code == "submit_queue_full"
+            assert problem_of(refused.value).code == "submit_queue_full"
         await asyncio.gather(*written)
     finally:
         await writer.close()

@@ -19,7 +19,7 @@ from db.models import Tenant
 from gateway.app import create_app
 from medparse.settings import Settings
 from runtime.cli import create_tenant
-from tests.factories import new_tenant, organ_image, random_name
+from tests.support.factories import new_tenant, organ_image, random_name
 
 #: The operator's bearer token; the server is configured with its SHA-256 only.
 OPERATOR_TOKEN = "op-" + "7" * 40
@@ -100,11 +100,22 @@ async def test_multipart_retry_with_a_new_boundary_still_matches(api: TestClient
     assert ids[0] == ids[1]
 
 
+@pytest.fixture
+async def backend_api(backend_settings: Settings) -> AsyncIterator[TestClient]:
+    """``api`` on each backend in turn (tests/conftest.py ``backend_settings``)."""
+    digest = hashlib.sha256(OPERATOR_TOKEN.encode()).hexdigest()
+    settings = backend_settings.model_copy(update={"operator_token_sha256": SecretStr(digest)})
+    async with TestClient(TestServer(create_app(settings))) as client:
+        yield client
+
+
 async def test_same_key_with_another_body_is_422_and_keys_are_per_tenant(
-    api: TestClient, pg_settings: Settings
+    backend_api: TestClient, backend_settings: Settings
 ) -> None:
-    _, key = new_tenant(pg_settings)
-    _, other = new_tenant(pg_settings)
+    """Also on the embedded SQLite, where no row-level security backs the queries' tenant filter."""
+    api = backend_api
+    _, key = new_tenant(backend_settings)
+    _, other = new_tenant(backend_settings)
     headers = auth(key, **{"Idempotency-Key": "shared"})
     assert (await api.post("/v1/jobs", json=job_body(), headers=headers)).status == 202
     reused = await api.post("/v1/jobs", json=job_body(prompts="tumor"), headers=headers)
@@ -142,6 +153,29 @@ async def test_a_failed_request_frees_its_idempotency_key(api: TestClient, pg_se
     assert retry.status == 202
 
 
+async def test_the_queued_jobs_quota_holds_in_the_transaction_concurrent_submissions_share(
+    api: TestClient, pg_settings: Settings
+) -> None:
+    """Checked in the job's transaction (one at a time per gateway process: submit_batch_concurrency 1),
+    the quota is exact under a burst; a refused submission's Idempotency-Key was never claimed."""
+    tenant_id, key = new_tenant(pg_settings)
+    set_quotas(pg_settings, tenant_id, max_queued_jobs=3, rate_limit_rps=1000.0)
+    responses = await asyncio.gather(*(
+        api.post("/v1/jobs", json=job_body(seed), headers=auth(key, **{"Idempotency-Key": f"burst-{seed}"}))
+        for seed in range(8)
+    ))
+    assert sorted(r.status for r in responses) == [202] * 3 + [429] * 5
+    refused = [seed for seed, r in enumerate(responses) if r.status == 429]
+    for seed in refused:
+        assert (await responses[seed].json())["code"] == "queued_jobs_quota_exceeded"
+        assert responses[seed].headers["Retry-After"] == "30"
+    set_quotas(pg_settings, tenant_id, max_queued_jobs=None)
+    # Another request under a refused one's key: not 422 idempotency_key_reused, the key is free.
+    retry = await api.post("/v1/jobs", json=job_body(refused[0], prompts="tumor"),
+                           headers=auth(key, **{"Idempotency-Key": f"burst-{refused[0]}"}))
+    assert retry.status == 202 and "Idempotent-Replayed" not in retry.headers
+
+
 async def test_admin_api_manages_tenants_and_keys_and_revocation_is_immediate(
     api: TestClient, pg_settings: Settings
 ) -> None:
@@ -171,8 +205,9 @@ async def test_admin_api_manages_tenants_and_keys_and_revocation_is_immediate(
     assert after.status == 401 and "revoked" in (await after.json())["detail"]
 
 
-async def test_an_expired_key_is_refused(api: TestClient, pg_settings: Settings) -> None:
-    admin = OPERATOR_TOKEN
+async def test_an_expired_key_is_refused(backend_api: TestClient) -> None:
+    """Also on the embedded SQLite, whose naive timestamps come back as UTC (db/types.py)."""
+    api, admin = backend_api, OPERATOR_TOKEN
     tenant = await (await api.post("/v1/admin/tenants", json={"name": random_name()}, headers=auth(admin))).json()
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     issued = await (await api.post(
@@ -182,9 +217,13 @@ async def test_an_expired_key_is_refused(api: TestClient, pg_settings: Settings)
     assert resp.status == 401 and "expired" in (await resp.json())["detail"]
 
 
-async def test_usage_counts_the_tenants_jobs_and_prompts_only(api: TestClient, pg_settings: Settings) -> None:
-    _, key = new_tenant(pg_settings)
-    _, other = new_tenant(pg_settings)
+async def test_usage_counts_the_tenants_jobs_and_prompts_only(
+    backend_api: TestClient, backend_settings: Settings
+) -> None:
+    """Also on the embedded SQLite, where no row-level security backs the queries' tenant filter."""
+    api = backend_api
+    _, key = new_tenant(backend_settings)
+    _, other = new_tenant(backend_settings)
     for seed in (1, 2):
         await api.post("/v1/jobs", json=job_body(seed, prompts="liver & kidney & tumor"), headers=auth(key))
     await api.post("/v1/jobs", json=job_body(), headers=auth(other))
@@ -197,6 +236,16 @@ async def test_usage_counts_the_tenants_jobs_and_prompts_only(api: TestClient, p
     assert empty["images"] == 0 and empty["jobs"] == {}
     backwards = await api.get("/v1/usage", params={"from": window["to"], "to": window["from"]}, headers=auth(key))
     assert backwards.status == 400
+
+
+async def test_posts_whose_answer_holds_a_secret_refuse_an_idempotency_key(
+    api: TestClient, pg_settings: Settings
+) -> None:
+    tenant_id, key = new_tenant(pg_settings)
+    headers = auth(key, **{"Idempotency-Key": "secret-1"})
+    for path in ("/v1/webhooks/default/rotate-secret", f"/v1/admin/tenants/{tenant_id}/keys"):
+        refused = await api.post(path, json={"scopes": ["jobs:read"]}, headers=headers)
+        assert refused.status == 400 and (await refused.json())["fields"][0]["field"] == "Idempotency-Key", path
 
 
 async def test_other_posts_replay_under_an_idempotency_key(api: TestClient, pg_settings: Settings) -> None:

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from medparse.settings import Settings
-from tests.factories import new_tenant
 from tests.integration.test_gateway_api import auth, submit
+from tests.support.factories import new_tenant
 
 
 @pytest.fixture

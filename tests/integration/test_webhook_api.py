@@ -16,7 +16,7 @@ from db.models import JobWebhook, WebhookDelivery
 from gateway.app import create_app
 from gateway.webhooks.submission import WEBHOOK_POLICY, TargetPolicy
 from medparse.settings import Settings
-from tests.factories import new_tenant, organ_image
+from tests.support.factories import new_tenant, organ_image
 from tests.support.webhooks import insert_job, run_job_to
 
 HOSTS = {"hooks.example.org": ["93.184.216.34"], "internal.example.org": ["93.184.216.34", "10.0.0.5"],
@@ -250,16 +250,29 @@ async def test_deliveries_page_newest_first_and_disabled_endpoints_refuse_replay
     assert resp.status == 409 and (await resp.json())["code"] == "webhook_disabled"
 
 
+@pytest.fixture
+async def backend_api(backend_settings: Settings) -> AsyncIterator[TestClient]:
+    """``api`` on each backend in turn (tests/conftest.py ``backend_settings``)."""
+    app = create_app(backend_settings.model_copy(update={"webhook_max_endpoints": 3}))
+    app[WEBHOOK_POLICY] = TargetPolicy(allow_private=False, resolver=fake_dns)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
 async def test_another_tenants_webhooks_and_deliveries_answer_404_like_missing_ones(
-    api: TestClient, key: str, engine: Engine, pg_settings: Settings
+    backend_api: TestClient, backend_settings: Settings
 ) -> None:
+    """On Postgres and on the embedded SQLite, which has no row-level security: there the tenant
+    filter of every query is all that separates tenants, and this shows it does."""
+    api, key = backend_api, new_tenant(backend_settings)[1]
+    engine = make_sync_engine(backend_settings)
     mine = await create(api, key, event_types=["job.succeeded"])
     resp = await api.post("/v1/jobs", data=job_form(webhook_url=PUBLIC_URL, webhook_events="job.canceled"),
                           headers=auth(key))
     job_id = (await resp.json())["id"]
     await api.post(f"/v1/jobs/{job_id}/cancel", headers=auth(key))
     (delivery,) = (await (await api.get(f"/v1/jobs/{job_id}/deliveries", headers=auth(key))).json())["data"]
-    _, intruder = new_tenant(pg_settings)
+    _, intruder = new_tenant(backend_settings)
     missing = uuid.uuid4()
     for theirs, nobody in [
         (f"/v1/webhooks/{mine['id']}", f"/v1/webhooks/{missing}"),
@@ -286,3 +299,4 @@ async def test_another_tenants_webhooks_and_deliveries_answer_404_like_missing_o
     assert (await api.get(f"/v1/webhooks/{mine['id']}", headers=auth(key))).status == 200
     with engine.begin() as conn:
         assert conn.execute(select(WebhookDelivery.status)).scalar_one() == "pending"
+    engine.dispose()

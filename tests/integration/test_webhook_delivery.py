@@ -20,6 +20,7 @@ from sqlalchemy import update
 from standardwebhooks.webhooks import Webhook
 
 from db import webhooks as repo
+from db.delivery_status import DeliveryStatus
 from db.models import WebhookDelivery
 from db.outbox import record_job_event, record_transition, webhook_id
 from medparse.settings import Settings
@@ -176,7 +177,8 @@ def test_a_delivery_that_keeps_failing_ends_failed_and_is_listed(
     assert done["status"] == "failed" and "no retries left" in done["last_error"]
     assert len(receiver.requests("/status/503")) == 3  # the first attempt and one per schedule step
     with ctx.engine.begin() as conn:
-        failed = list(conn.execute(repo.list_deliveries_stmt(tenant_id, status="failed", limit=10)).mappings())
+        listing = repo.list_deliveries_stmt(tenant_id, status=DeliveryStatus.failed, limit=10)
+        failed = list(conn.execute(listing).mappings())
     assert [r["id"] for r in failed] == [row["id"]]
 
 

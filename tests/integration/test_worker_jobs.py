@@ -22,8 +22,8 @@ from db import jobs as repo
 from db.models import Job, JobMask
 from emulator.config import EmulatorConfig
 from medparse.settings import Settings
-from tests.factories import new_tenant, organ_image
 from tests.support.emulator_server import running_emulator
+from tests.support.factories import new_tenant, organ_image
 from tests.support.throwaway import REDIS_URL
 from workers.celery_app import make_celery
 from workers.context import ContextHolder, WorkerContext

@@ -13,7 +13,7 @@ from db import webhooks as repo
 from db.models import WebhookAttempt, WebhookDelivery
 from medparse.settings import Settings
 from medparse.webhooks.signing import new_secret
-from tests.factories import new_tenant, organ_image
+from tests.support.factories import new_tenant, organ_image
 from workers import lifecycle
 from workers.pipeline import Segmentation, StoredMask
 
@@ -55,7 +55,7 @@ def add_endpoint(
 
 def tenant_secret(engine: Engine, tenant_id: uuid.UUID) -> str:
     with engine.begin() as conn:
-        conn.execute(repo.ensure_tenant_secret_stmt(conn.dialect.name, tenant_id, new_secret(), datetime.now(UTC)))
+        repo.ensure_tenant_secret_sync(conn, tenant_id, new_secret(), datetime.now(UTC))
         return str(conn.execute(repo.select_tenant_secret(tenant_id)).mappings().one()["secret"])
 
 

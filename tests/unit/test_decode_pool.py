@@ -215,7 +215,7 @@ def test_only_small_plain_pngs_are_checked_without_a_decode_process() -> None:
     import numpy as np
 
     from medparse.decode_pool import decodes_inline
-    from tests.factories import organ_image
+    from tests.support.factories import organ_image
 
     png = organ_image()[0]
     assert decodes_inline(png)  # the accept hot path (bench/accept.py) stays in the gateway process

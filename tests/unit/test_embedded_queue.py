@@ -36,3 +36,15 @@ def test_a_message_is_never_listed_before_it_is_complete(tmp_path: Path, monkeyp
         assert q.get(timeout=1).payload == {"job": "a" * 10_000}
         q.close()
     assert [n for n in os.listdir(tmp_path) if n.startswith("partial-")] == []
+
+
+def test_each_queue_folder_in_one_process_gets_its_own_messages(tmp_path: Path) -> None:
+    # kombu records declared bindings once per process; they live in each folder's control folder.
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        with _connection(folder) as conn:
+            q = conn.SimpleQueue("segmentation")
+            q.put({"folder": name})
+            assert q.get(timeout=1).payload == {"folder": name}
+            q.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from db.job_record import Job as JobRecord
+from db.job_record import MaskSummary
 from db.job_snapshot import MAX_SNAPSHOT_BYTES, decode_snapshot, encode_snapshot
 from db.models import Job
 from medparse.events import decode_event, encode_event
@@ -27,16 +29,16 @@ def test_round_trip_restores_types() -> None:
     row = _row()
     masks = [{"index": 0, "prompt": "liver", "label": "liver", "area_px": 10, "bbox": [1, 2, 3, 4],
               "height": 211, "width": 333, "data": b"not sent"}]
-    data = encode_snapshot(row, masks)
+    data = encode_snapshot(JobRecord.from_row(row), [MaskSummary.from_row(m) for m in masks])
     assert data is not None and b"not sent" not in data
     back, back_masks = decode_snapshot(data)
-    assert back == row
-    assert back_masks == [{k: v for k, v in masks[0].items() if k != "data"}]
+    assert back.as_row() == row
+    assert [m.as_row() for m in back_masks] == [{k: v for k, v in masks[0].items() if k != "data"}]
 
 
 def test_too_large_rows_are_not_sent() -> None:
     row = _row(result_meta={"blob": "x" * MAX_SNAPSHOT_BYTES})
-    assert encode_snapshot(row, []) is None
+    assert encode_snapshot(JobRecord.from_row(row), []) is None
 
 
 def test_event_messages_carry_the_snapshot_or_only_the_id() -> None:

@@ -38,7 +38,7 @@ def test_rle_round_trips_and_matches_pycocotools_area_and_bbox() -> None:
 
 
 def test_stored_mask_sizes_for_typical_and_worst_case_masks() -> None:
-    """The figures quoted in the README (bytes per stored mask)."""
+    """The figures quoted in docs/medical-formats.md (bytes per stored mask)."""
     rng = np.random.default_rng(0)
     organ = len(masks.encode_mask(blob_mask()))
     noise = len(masks.encode_mask(rng.integers(0, 2, (1024, 1024), dtype=np.uint8)))

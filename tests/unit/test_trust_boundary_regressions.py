@@ -21,18 +21,21 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from gateway.http.problems import ApiProblem
+from db.job_record import JOB_FIELDS, Job, MaskSummary, StoredMask
+from gateway.errors import DomainError
+from gateway.http.problems import problem_of
 from gateway.jobs import medical, services
-from gateway.keys import DECODE_POOL, ENGINE
-from gateway.keys import SETTINGS as SETTINGS_KEY
+from gateway.keys import DEPS
 from gateway.results import handlers as results
+from gateway.results import render
+from gateway.results import services as result_services
 from medparse import masks
 from medparse.decode_pool import DecodeLimits, DecodePool, decodes_inline
 from medparse.imaging import ImageRejected
 from medparse.settings import Settings
-from tests.factories import organ_image
 from tests.support import decode_calls as calls
 from tests.support import medical_files as mf
+from tests.support.factories import organ_image
 
 SETTINGS = Settings()
 MiB = 1024 * 1024
@@ -76,14 +79,18 @@ async def test_the_header_check_of_a_small_upload_runs_off_the_event_loop(monkey
 
 # --- results: a 2-D DICOM's overlay reads its input within the settings' limits; a refusal is a 4xx --------
 
-def dicom_job(frames: int) -> tuple[bytes, results.Loaded]:
+def dicom_job(frames: int) -> tuple[bytes, render.Loaded]:
     """A succeeded 2-D job on frame 0 of an 8x8 DICOM of ``frames`` frames, as ``load_result`` gives it."""
     image = mf.dicom_native(8, 8, frames, 8 * 8 * 2 * frames)
     mask = masks.encode_mask(np.ones((8, 8), np.uint8))
-    loaded = results.Loaded(
-        row={"id": uuid.uuid4(), "options": {"frame": 0}, "result_meta": {}},
-        summaries=[{"index": 0, "prompt": "liver", "label": "liver"}],
-        mask_rows=[{"data": mask, "height": 8, "width": 8}], medical=None, image=image,
+    job = Job.from_row({
+        **dict.fromkeys(JOB_FIELDS), "id": uuid.uuid4(), "status": "succeeded", "options": {"frame": 0},
+        "result_meta": {},
+    })
+    loaded = render.Loaded(
+        job=job,
+        summaries=[MaskSummary(index=0, prompt="liver", label="liver", area_px=64, bbox=None, height=8, width=8)],
+        mask_rows=[StoredMask(index=0, height=8, width=8, encoding="packbits", data=mask)], medical=None, image=image,
     )
     return image, loaded
 
@@ -92,7 +99,7 @@ def test_the_overlay_of_a_dicom_reads_it_within_the_settings_limits_not_the_defa
     settings = SETTINGS.model_copy(update={"max_dicom_frames": 20_000})  # an operator's higher limit
     image, loaded = dicom_job(10_001)
     medical.probe(image, settings, {"frame": 0})  # accepted at submit time under these settings
-    rendered = results.render(loaded, "overlay", None, None, settings)
+    rendered = render.render(loaded, "overlay", None, None, settings)
     assert rendered.content_type == "image/png" and rendered.body.startswith(b"\x89PNG")
 
 
@@ -104,23 +111,22 @@ async def test_an_input_the_limits_now_refuse_is_a_409_problem_not_a_500(monkeyp
         async def run(self, func: Any, *args: Any, nbytes: int, party: Any) -> Any:
             return func(*args)
 
-    async def load_result(*args: Any, **kwargs: Any) -> results.Loaded:
+    async def load_result(*args: Any, **kwargs: Any) -> render.Loaded:
         return loaded
 
     monkeypatch.setattr(results, "principal", lambda request, scope: SimpleNamespace(tenant_id=uuid.uuid4()))
-    monkeypatch.setattr(results, "load_result", load_result)
+    monkeypatch.setattr(result_services, "load_result", load_result)
     app = web.Application()
-    app[SETTINGS_KEY] = settings
-    app[ENGINE] = None  # type: ignore[misc]
-    app[DECODE_POOL] = InProcess()  # type: ignore[misc]
-    job_id = loaded.row["id"]
+    app[DEPS] = SimpleNamespace(settings=settings, engine=None, decode_pool=InProcess())  # type: ignore[misc]
+    job_id = loaded.job.id
     request = make_mocked_request(
         "GET", f"/v1/jobs/{job_id}/result?format=overlay", match_info={"job_id": str(job_id)}, app=app
     )
-    with pytest.raises(ApiProblem) as caught:
+    with pytest.raises(DomainError) as caught:  # problems_middleware answers it with problem_of
         await results.get_result(request)
-    assert caught.value.status == 409 and caught.value.code == "result_unavailable"
-    assert "max_dicom_frames" in caught.value.detail
+    problem = problem_of(caught.value)
+    assert problem.status == 409 and problem.code == "result_unavailable"
+    assert "max_dicom_frames" in problem.detail
 
 
 # --- the decode pool: a call interrupted in its caller (a soft time limit's exception) --------------------

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from db.job_record import JOB_FIELDS, Job, MaskSummary
 from medparse.settings import Settings
 from medparse.webhooks.events import DEFAULT_JOB_EVENTS, UnknownEventType, parse_event_types
 from medparse.webhooks.payload import build_payload, render_body
@@ -17,27 +18,33 @@ from medparse.webhooks.schedule import parse_retry_after, retry_delay
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
-def job_row(status: str = "succeeded", **extra: object) -> dict[str, object]:
-    return {"id": uuid.uuid4(), "tenant_id": uuid.uuid4(), "status": status, "prompts": ["the patient's liver"],
-            "created_at": NOW, "started_at": NOW, "completed_at": NOW.replace(tzinfo=None),
-            "error_code": None, "error_message": None, **extra}
+def job_row(status: str = "succeeded", **extra: object) -> Job:
+    return Job.from_row({
+        **dict.fromkeys(JOB_FIELDS),
+        "id": uuid.uuid4(), "tenant_id": uuid.uuid4(), "status": status, "prompts": ["the patient's liver"],
+        "created_at": NOW, "started_at": NOW, "completed_at": NOW.replace(tzinfo=None),
+        "error_code": None, "error_message": None, **extra,
+    })
 
 
-def masks(n: int, label_chars: int = 12) -> list[dict[str, object]]:
-    return [{"index": i, "label": "l" * label_chars, "area_px": 10_000_000, "bbox": [10000, 10000, 20000, 20000]}
-            for i in range(n)]
+def mask(index: int, label: str, area_px: int, bbox: list[int]) -> MaskSummary:
+    return MaskSummary(index=index, prompt="the patient's liver", label=label, area_px=area_px, bbox=bbox,
+                       height=8, width=8)
+
+
+def masks(n: int, label_chars: int = 12) -> list[MaskSummary]:
+    return [mask(i, "l" * label_chars, 10_000_000, [10000, 10000, 20000, 20000]) for i in range(n)]
 
 
 def test_a_succeeded_payload_carries_status_labels_mask_summary_and_links_but_no_prompts() -> None:
     job = job_row()
-    payload = build_payload("job.succeeded", job, [{"index": 0, "label": "liver", "area_px": 5, "bbox": [1, 2, 3, 4]}],
-                            NOW)
+    payload = build_payload("job.succeeded", job, [mask(0, "liver", 5, [1, 2, 3, 4])], NOW)
     data = payload["data"]
     assert payload["type"] == "job.succeeded" and payload["timestamp"] == "2026-11-27T12:00:00Z"
-    assert data["id"] == str(job["id"]) and data["status"] == "succeeded" and data["labels"] == ["liver"]
+    assert data["id"] == str(job.id) and data["status"] == "succeeded" and data["labels"] == ["liver"]
     assert data["masks"] == [{"index": 0, "label": "liver", "area_px": 5, "bbox": [1, 2, 3, 4],
-                              "url": f"/v1/jobs/{job['id']}/masks/0"}]
-    assert data["urls"]["masks_npz"] == f"/v1/jobs/{job['id']}/masks.npz"
+                              "url": f"/v1/jobs/{job.id}/masks/0"}]
+    assert data["urls"]["masks_npz"] == f"/v1/jobs/{job.id}/masks.npz"
     assert data["completed_at"] == "2026-11-27T12:00:00Z"  # naive SQLite value read as UTC
     assert b"patient" not in orjson.dumps(payload)
 

@@ -16,11 +16,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from db import jobs, tenants
-from gateway.http.problems import ApiProblem, not_found
+from db import tenants
+from db.tenants import scope_to_tenant
+from gateway.errors import QuotaExceeded
 from medparse.settings import Settings
 
 
@@ -68,12 +68,15 @@ class TenantGauge:
         self._exact_above = exact_above
         self._counts: dict[uuid.UUID, tuple[int, float]] = {}
 
-    def estimate(self, tenant_id: uuid.UUID, quota: int) -> int | None:
-        """A count good enough for ``quota``, or None: count now."""
+    def estimate(self, tenant_id: uuid.UUID, quota: int, pending: int = 0) -> int | None:
+        """A count good enough for ``quota``, or None: count now. ``pending``: more that will be added
+        (submissions on their way to a commit) and count toward the quota already."""
         entry = self._counts.get(tenant_id)
-        if entry is None or time.monotonic() - entry[1] > self._max_age_s or entry[0] >= quota * self._exact_above:
+        if entry is None or time.monotonic() - entry[1] > self._max_age_s:
             return None
-        return entry[0]
+        if entry[0] + pending >= quota * self._exact_above:
+            return None
+        return entry[0] + pending
 
     def counted(self, tenant_id: uuid.UUID, queued: int) -> None:
         self._counts[tenant_id] = (queued, time.monotonic())
@@ -100,7 +103,7 @@ class QueuedJobsGauge(TenantGauge):
 async def check_storage_quota(
     engine: AsyncEngine, tenant_id: uuid.UUID, quota: int, size: int, gauge: StoredBytesGauge
 ) -> None:
-    """429 ``storage_quota_exceeded`` when storing ``size`` more bytes would take the tenant over
+    """``QuotaExceeded`` (429 ``storage_quota_exceeded``) when storing ``size`` more bytes would take the tenant over
     ``quota`` (0: none). Soft like the queued-jobs quota: submissions in flight at once may overshoot
     by their own size. 429, not 413: the request is not too large in itself, the tenant's store is
     full, and it clears when the tenant deletes jobs or retention purges them (as the queued-jobs
@@ -110,33 +113,15 @@ async def check_storage_quota(
     stored = gauge.estimate(tenant_id, max(1, quota - size))  # exact when this submission comes close
     if stored is None:
         async with tenant_transaction(engine, tenant_id) as conn:
-            stored = (await conn.execute(tenants.SELECT_STORED_BYTES, {"tenant_id": tenant_id})).scalar() or 0
+            stored = await tenants.stored_bytes(conn, tenant_id)
         gauge.counted(tenant_id, stored)
     if stored + size > quota:
-        raise ApiProblem(
-            429, "storage_quota_exceeded",
+        raise QuotaExceeded(
             f"this tenant stores {stored} bytes; {size} more would exceed its limit of {quota} bytes."
             " Delete finished jobs (DELETE /v1/jobs/{id}) or wait for the retention purge",
-            headers={"Retry-After": "60"},
+            code="storage_quota_exceeded", retry_after="60",
         )
     gauge.added(tenant_id, size)
-
-
-#: Built once: constructing the select per transaction cost more CPU than running it.
-_SET_TENANT = select(func.set_config("medparse.tenant_id", bindparam("tenant_id"), True))
-
-
-async def scope_to_tenant(conn: AsyncConnection, tenant_id: uuid.UUID) -> None:
-    if conn.dialect.name == "postgresql":
-        await conn.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
-
-
-async def job_row(conn: AsyncConnection, tenant_id: uuid.UUID, job_id: uuid.UUID) -> RowMapping:
-    """The tenant's job row; 404 when there is none (or it is another tenant's)."""
-    row = (await conn.execute(jobs.SELECT_JOB, {"job_id": job_id, "tenant_id": tenant_id})).mappings().first()
-    if row is None:
-        raise not_found()
-    return row
 
 
 @asynccontextmanager

@@ -28,9 +28,9 @@ from sqlalchemy.engine import make_url
 
 from medparse.settings import Settings
 from runtime.cli import create_tenant
-from tests.e2e.processes import settings_env, start, stop, wait_http
-from tests.factories import organ_image
+from tests.support.factories import organ_image
 from tests.support.ports import free_port
+from tests.support.processes import settings_env, start, stop, wait_http
 from tests.support.throwaway import throwaway_login_role
 
 TERMINAL = ("succeeded", "failed", "canceled")

@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from db.engine import make_sync_engine
 from db.models import Job, JobMask, WebhookDelivery
 from medparse.settings import Settings
-from tests.e2e.processes import settings_env, start, stop, wait_http
-from tests.factories import organ_image
+from tests.support.factories import organ_image
 from tests.support.ports import free_port
+from tests.support.processes import settings_env, start, stop, wait_http
 from tests.support.webhook_receiver import Receiver
 from workers.pipeline import call_id
 
