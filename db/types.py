@@ -22,7 +22,10 @@ class UtcDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None or value.tzinfo is None:
+        # Only SQLite needs it (it keeps wall-clock text); PostgreSQL's timestamptz takes the instant
+        # as it is, and a bind processor there changed how the gateway's key lookups met a locked
+        # table (tests/hostile/test_hostile_connections.py, the tiny-pool test).
+        if value is None or value.tzinfo is None or dialect.name != "sqlite":
             return value
         return value.astimezone(UTC)
 
