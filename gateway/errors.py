@@ -134,3 +134,11 @@ class KeyNotActive(NotFound):
         super().__init__("key")
         self.detail = f"no active key {key_id!r}"
         self.args = (self.detail,)
+
+
+def decode_busy(retry_after_s: int | float, message: str) -> Busy:
+    """No decode process was free in time (medparse/decode_pool.py ``DecodeBusy``): 503, retry later."""
+    return Busy(
+        f"image: the service is decoding other uploads ({message}); retry later",
+        code="decode_busy", retry_after=str(retry_after_s),
+    )

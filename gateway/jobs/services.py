@@ -22,7 +22,6 @@ from db.status import CANCELABLE, JobStatus, is_terminal
 from gateway import idempotency
 from gateway.deps import GatewayDeps, Store
 from gateway.errors import (
-    Busy,
     Conflict,
     DomainError,
     InvalidField,
@@ -32,6 +31,7 @@ from gateway.errors import (
     QuotaExceeded,
     Unprocessable,
     UnsupportedFormat,
+    decode_busy,
 )
 from gateway.jobs import medical
 from gateway.jobs.schemas import JobPublic
@@ -110,14 +110,6 @@ async def _off_the_loop_if_large(size: int, work: Callable[[], T]) -> T:
     return await asyncio.to_thread(work)
 
 
-def decode_busy_error(exc: DecodeBusy) -> Busy:
-    """503 for a request that found every decode process taken (medparse/decode_pool.py)."""
-    return Busy(
-        f"image: the service is decoding other uploads ({exc.message}); retry later",
-        code="decode_busy", retry_after=str(exc.retry_after_s),
-    )
-
-
 def image_rejected_error(exc: imaging.ImageRejected) -> DomainError:
     """413 ``image_too_large``, 415 ``unsupported_format``, else 422, naming the ``image`` field."""
     kind: type[DomainError] = (
@@ -146,7 +138,7 @@ async def probe_upload(
         await asyncio.to_thread(medical.check_headers, image, settings, options)
         return await decoder.run(medical.probe, image, settings, options, nbytes=len(image), party=tenant_id)
     except DecodeBusy as exc:
-        raise decode_busy_error(exc) from None
+        raise decode_busy(exc.retry_after_s, exc.message) from None
     except imaging.ImageRejected as exc:
         raise image_rejected_error(exc) from None
     except OptionRejected as exc:  # e.g. frame 7 of a 2-frame DICOM

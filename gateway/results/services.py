@@ -13,7 +13,7 @@ from db import jobs as repo
 from db import medical as medical_repo
 from db.job_record import Job, StoredMask
 from gateway.deps import GatewayDeps, Store
-from gateway.errors import BadQueryField, Busy, Conflict, JobNotFound, MaskNotFound, Unprocessable
+from gateway.errors import BadQueryField, Conflict, JobNotFound, MaskNotFound, Unprocessable, decode_busy
 from gateway.results import render
 from gateway.tenancy import tenant_transaction
 from medparse import imaging
@@ -31,14 +31,6 @@ class Result:
     provenance: dict[str, Any]
 
 
-def _busy(exc: DecodeBusy) -> Busy:
-    """No decode process was free in time (medparse/decode_pool.py)."""
-    return Busy(
-        f"image: the service is decoding other uploads ({exc.message}); retry later", code="decode_busy",
-        retry_after=str(exc.retry_after_s),
-    )
-
-
 def _succeeded(job: Job | None, what: str) -> Job:
     if job is None:
         raise JobNotFound()
@@ -54,7 +46,7 @@ async def _in_decode_process(
     try:
         return await deps.decode_pool.run(func, *args, nbytes=nbytes, party=tenant_id)
     except DecodeBusy as exc:
-        raise _busy(exc) from None
+        raise decode_busy(exc.retry_after_s, exc.message) from None
     except DecodeLimitExceeded as exc:
         raise Unprocessable(f"{what}: {exc.message}", code=exc.code) from None
 
